@@ -1,0 +1,90 @@
+"""The interface every storage backend implements.
+
+A backend stores files in named folders under one root. It knows nothing of
+the maildir protocol: :class:`filespool.FileStore` validates every name and
+folder before it calls a backend, so a backend may assume its arguments are
+safe bare names and folder names.
+
+What each method must guarantee is stated in its docstring; the contract
+suite in :mod:`filespool.testing` checks those guarantees.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import BinaryIO
+
+STAGING_FOLDER = "tmp"
+"""The folder in which a backend may stage data before publishing it.
+
+Staged entries must have names starting with ``.`` so that listings skip them.
+"""
+
+
+class Backend(ABC):
+    """Storage for a spool: files in folders under one root.
+
+    Errors: raise :class:`~filespool.errors.NotFound` for a missing file,
+    :class:`~filespool.errors.AlreadyExists` for an occupied destination, and
+    :class:`~filespool.errors.NotPrepared` when the folder itself is missing.
+    """
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The canonical URL of the root, e.g. ``file:///var/spool/jobs``."""
+
+    @abstractmethod
+    def folder_path(self, folder: str) -> str:
+        """The full path of a folder: an OS path for local storage, else a URL.
+
+        ``folder_path(folder) + "/" + name`` must be openable by ``open()``
+        (local) or ``fsspec.open()`` (any other backend).
+        """
+
+    @abstractmethod
+    def create_folders(self, folders: Iterable[str]) -> None:
+        """Create the root and the folders if missing; do nothing for those that exist."""
+
+    @abstractmethod
+    def list_names(self, folder: str) -> list[str]:
+        """Names of the regular files in a folder, in any order (subfolders excluded)."""
+
+    @abstractmethod
+    def exists(self, folder: str, name: str) -> bool:
+        """Whether a regular file ``name`` exists in the folder."""
+
+    @abstractmethod
+    def create(self, folder: str, name: str) -> BinaryIO:
+        """Create a file exclusively and return it open for binary writing.
+
+        An existing file raises ``AlreadyExists`` and is left untouched.
+        """
+
+    @abstractmethod
+    def open(self, folder: str, name: str) -> BinaryIO:
+        """Open a file for binary reading."""
+
+    @abstractmethod
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        """Publish ``data`` as ``folder/name``: whole or not at all, never overwriting.
+
+        With ``durable``, the file must survive a power loss once this returns.
+        """
+
+    @abstractmethod
+    def move(self, source: str, name: str, destination: str) -> None:
+        """Move a file between folders atomically and exclusively.
+
+        Of concurrent movers of one file exactly one succeeds. An existing
+        destination raises ``AlreadyExists``; a missing source ``NotFound``.
+        """
+
+    @abstractmethod
+    def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
+        """Copy a file: the copy appears whole or not at all and never overwrites."""
+
+    @abstractmethod
+    def remove(self, folder: str, name: str) -> None:
+        """Delete a file."""

@@ -1,0 +1,221 @@
+"""The local POSIX backend: folders are directories, moves are no-replace renames."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, BinaryIO
+
+from filespool.backends.base import STAGING_FOLDER, Backend
+from filespool.errors import AlreadyExists, ExclusiveMoveUnavailable, NotFound, NotPrepared
+from filespool.names import unique_name
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+# Errors by which a filesystem says "this rename flag (or link) is not supported here".
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """glibc's renameat2(), or None where the C library lacks it (macOS, old musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+class LocalBackend(Backend):
+    """Files in directories on a local (or network) POSIX filesystem.
+
+    A move is ``renameat2(RENAME_NOREPLACE)``: atomic, and refused with
+    ``EEXIST`` when the destination exists. Where the filesystem refuses the
+    flag (NFS, or a C library without ``renameat2``), a move is maildir's
+    ``link()`` + ``unlink()``: still exclusive (``link`` never replaces), but
+    for an instant the file has both names, and a crash between the two calls
+    leaves it in both folders. If neither method works a move raises
+    :class:`~filespool.errors.ExclusiveMoveUnavailable`; it never overwrites.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._use_renameat2 = _renameat2 is not None
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.root!r})"
+
+    @property
+    def url(self) -> str:
+        return "file://" + self.root
+
+    def folder_path(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def _path(self, folder: str, name: str) -> str:
+        return os.path.join(self.root, folder, name)
+
+    def create_folders(self, folders: Iterable[str]) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        for folder in folders:
+            os.makedirs(self.folder_path(folder), exist_ok=True)
+
+    def list_names(self, folder: str) -> list[str]:
+        with self._errors(folder), os.scandir(self.folder_path(folder)) as entries:
+            # is_file(follow_symlinks=False) is answered from d_type: no stat per entry.
+            return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+
+    def exists(self, folder: str, name: str) -> bool:
+        try:
+            mode = os.lstat(self._path(folder, name)).st_mode
+        except FileNotFoundError:
+            self._check_prepared(folder)
+            return False
+        return stat.S_ISREG(mode)
+
+    def create(self, folder: str, name: str) -> BinaryIO:
+        with self._errors(folder, name):
+            return open(self._path(folder, name), "xb")  # O_CREAT | O_EXCL: never truncates
+
+    def open(self, folder: str, name: str) -> BinaryIO:
+        with self._errors(folder, name):
+            return open(self._path(folder, name), "rb")
+
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        with self._errors(folder, name):
+            staged = self._stage(lambda file: file.write(data), durable=durable)
+        self._publish(staged, folder, name, durable=durable)
+
+    def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
+        with self._errors(source, name), open(self._path(source, name), "rb") as original:
+            staged = self._stage(lambda file: shutil.copyfileobj(original, file), durable=durable)
+        self._publish(staged, destination, name, durable=durable)
+
+    def move(self, source: str, name: str, destination: str) -> None:
+        self._move_path(self._path(source, name), destination, name, source_folder=source)
+
+    def remove(self, folder: str, name: str) -> None:
+        with self._errors(folder, name):
+            os.unlink(self._path(folder, name))
+
+    def _stage(self, write: Callable[[BinaryIO], object], *, durable: bool) -> str:
+        """Write a hidden file in the staging folder; return its path."""
+        path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
+        try:
+            with self._errors(STAGING_FOLDER), open(path, "xb") as file:
+                write(file)
+                if durable:
+                    file.flush()
+                    os.fsync(file.fileno())
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        return path
+
+    def _publish(self, staged: str, folder: str, name: str, *, durable: bool) -> None:
+        try:
+            self._move_path(staged, folder, name, source_folder=STAGING_FOLDER)
+        except BaseException:
+            os.unlink(staged)
+            raise
+        if durable:
+            _fsync_directory(self.folder_path(folder))
+
+    def _move_path(self, source: str, folder: str, name: str, *, source_folder: str) -> None:
+        target = self._path(folder, name)
+        with self._errors(source_folder, name, destination=folder):
+            if self._use_renameat2 and self._rename_noreplace(source, target):
+                return
+            self._link_then_unlink(source, target)
+
+    def _rename_noreplace(self, source: str, target: str) -> bool:
+        """Try renameat2(RENAME_NOREPLACE); False if this filesystem refuses the flag."""
+        assert _renameat2 is not None
+        result = _renameat2(
+            _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+        )
+        if result == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in _UNSUPPORTED:
+            # NFS and some FUSE filesystems reject every flag; remember, and use links.
+            self._use_renameat2 = False
+            return False
+        raise OSError(code, os.strerror(code), source, None, target)
+
+    @staticmethod
+    def _link_then_unlink(source: str, target: str) -> None:
+        try:
+            os.link(source, target)  # link() never replaces an existing name
+        except OSError as error:
+            if error.errno in _UNSUPPORTED or error.errno == errno.EPERM:
+                raise ExclusiveMoveUnavailable(
+                    f"{os.path.dirname(target)!r} supports neither renameat2(RENAME_NOREPLACE) "
+                    "nor hard links, so filespool cannot move files there without risking an "
+                    "overwrite; put the spool on another filesystem"
+                ) from error
+            raise
+        with suppress(FileNotFoundError):
+            # Another process may have removed the old name already; the move succeeded anyway.
+            os.unlink(source)
+
+    @contextmanager
+    def _errors(
+        self, folder: str, name: str | None = None, *, destination: str | None = None
+    ) -> Iterator[None]:
+        """Translate OSError into filespool's errors for an operation on ``folder/name``."""
+        try:
+            yield
+        except FileNotFoundError:
+            self._check_prepared(folder)
+            if destination is not None:
+                self._check_prepared(destination)
+            if name is None:
+                raise
+            raise NotFound(f"no file {name!r} in {folder}/ of {self.url}") from None
+        except FileExistsError:
+            where = destination if destination is not None else folder
+            raise AlreadyExists(
+                f"a file {name!r} already exists in {where}/ of {self.url}"
+            ) from None
+
+    def _check_prepared(self, folder: str) -> None:
+        if not os.path.isdir(self.folder_path(folder)):
+            raise NotPrepared(
+                f"folder {folder}/ of {self.url} does not exist; call prepare() first"
+            )
+
+
+def _fsync_directory(path: str) -> None:
+    """Make a directory's entries (a new name in it) durable."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def open_local(location: str, **storage_options: Any) -> LocalBackend:
+    """The factory for plain paths and ``file://`` URLs (local storage takes no options)."""
+    if storage_options:
+        raise TypeError(f"local storage takes no storage options; got {sorted(storage_options)}")
+    return LocalBackend(location.split("://", 1)[1] if "://" in location else location)

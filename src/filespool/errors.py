@@ -1,0 +1,45 @@
+"""The exceptions filespool raises.
+
+Every error derives from :class:`FileStoreError`, and each also derives from
+the built-in exception a Python programmer would catch for the same problem
+(``ValueError``, ``FileNotFoundError``, ``FileExistsError``), so existing
+``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class FileStoreError(Exception):
+    """Base class of every error raised by filespool."""
+
+
+class InvalidName(FileStoreError, ValueError):
+    """A file name is not acceptable, or a full path is not inside the expected folder."""
+
+
+class InvalidFolder(FileStoreError, ValueError):
+    """A folder is not one of the store's folders."""
+
+
+class InvalidMode(FileStoreError, ValueError):
+    """A file mode is not one the method supports."""
+
+
+class UnsupportedLocation(FileStoreError, ValueError):
+    """A location names a URL scheme no backend is registered for."""
+
+
+class NotFound(FileStoreError, FileNotFoundError):
+    """The file does not exist in that folder (possibly because another worker moved it)."""
+
+
+class AlreadyExists(FileStoreError, FileExistsError):
+    """A file of that name already exists in the destination folder."""
+
+
+class NotPrepared(FileStoreError, FileNotFoundError):
+    """The store's folders do not exist: call ``prepare()`` first."""
+
+
+class ExclusiveMoveUnavailable(FileStoreError, OSError):
+    """The storage offers no way to move a file without risking an overwrite."""

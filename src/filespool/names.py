@@ -1,0 +1,78 @@
+"""File names: validation, and generation of unique maildir-style names."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+
+from filespool.errors import InvalidName
+
+MAX_NAME_BYTES = 255
+_FORBIDDEN_CHARACTERS = ("/", "\\", "\0")
+_UNSAFE_HOST_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a safe bare file name, else raise :class:`InvalidName`.
+
+    A safe name is a non-empty string without ``/``, ``\\`` or NUL, does not
+    start with ``.`` (which also rules out ``.`` and ``..``; dotfiles are
+    reserved for staging), and is at most 255 bytes in UTF-8.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"a file name must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("a file name must not be empty")
+    for character in _FORBIDDEN_CHARACTERS:
+        if character in name:
+            raise InvalidName(f"file name {name!r} contains {character!r}; pass a bare name")
+    if name.startswith("."):
+        raise InvalidName(f"file name {name!r} starts with '.'; such names are reserved")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidName(f"file name {name!r} cannot be encoded as UTF-8") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidName(f"file name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
+    return name
+
+
+class _NameGenerator:
+    """Makes ``<seconds>.M<microseconds>P<pid>Q<counter>R<random>.<host>`` names.
+
+    The leading seconds (ten digits until the year 2286) and zero-padded
+    microseconds make names sort by creation time, so ``names('new')`` is
+    roughly first-in first-out. Host, pid, a per-process counter and 64 random
+    bits keep names unique across processes and machines.
+    """
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self._host = _UNSAFE_HOST_CHARACTERS.sub("-", socket.gethostname())[:64] or "localhost"
+        self._last_microseconds = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            # Strictly increasing within a process, even when the clock has not
+            # moved (or stepped back), so names made here sort in creation order.
+            microseconds = max(time.time_ns() // 1000, self._last_microseconds + 1)
+            self._last_microseconds = microseconds
+            count = next(self._counter)
+        seconds, fraction = divmod(microseconds, 1_000_000)
+        return (
+            f"{seconds}.M{fraction:06d}P{os.getpid()}Q{count}R{secrets.token_hex(8)}.{self._host}"
+        )
+
+
+unique_name = _NameGenerator()
+"""Return a new unique, time-sortable file name (see :class:`_NameGenerator`)."""
+
+if hasattr(os, "register_at_fork"):
+    # A fork while another thread holds the lock would leave the child's copy locked forever.
+    os.register_at_fork(after_in_child=lambda: setattr(unique_name, "_lock", threading.Lock()))

@@ -1,0 +1,210 @@
+"""The local POSIX backend: the contract, plus what only local storage can show."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import filespool.backends.local as local
+from filespool import ExclusiveMoveUnavailable, FileStore
+from filespool.backends.local import LocalBackend
+from filespool.testing import AtomicMoveContract, MultiProcessContract, claim_in_processes
+
+
+class TestLocal(AtomicMoveContract, MultiProcessContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> FileStore:
+        return FileStore(tmp_path / "spool")
+
+
+class TestLocalLinkFallback(MultiProcessContract):
+    """The contract again with link() + unlink() moves, as on NFS.
+
+    Not an AtomicMoveContract: for an instant the file has both names.
+    """
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> FileStore:
+        backend = LocalBackend(tmp_path / "spool")
+        backend._use_renameat2 = False
+        return FileStore(backend)
+
+
+def test_url_and_locations(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    assert FileStore(root).url == f"file://{root}"
+    assert FileStore(str(root)).url == f"file://{root}"
+    assert FileStore(f"file://{root}").url == f"file://{root}"
+    store = FileStore(root)
+    store.prepare()
+    assert sorted(os.listdir(root)) == ["cur", "new", "tmp"]
+    name = store.deliver(b"x")
+    assert store.list("new") == [f"{root}/new/{name}"]
+
+
+def test_relative_location_gives_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = FileStore("spool")
+    store.prepare()
+    name = store.deliver(b"x")
+    [path] = store.list("new")
+    assert path == f"{tmp_path}/spool/new/{name}"
+    store.remove(path, "new")  # gocept.filestore broke here for relative store paths
+
+
+def test_local_takes_no_storage_options(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="no storage options"):
+        FileStore(tmp_path, anon=True)
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(True, 2), (False, 0)])
+def test_durable_delivery_fsyncs_file_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, expected: int
+) -> None:
+    store = FileStore(tmp_path, durable=durable)
+    store.prepare()
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(descriptor: int) -> None:
+        synced.append(descriptor)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    store.deliver(b"x")
+    assert len(synced) == expected
+    store.copy(store.names("new")[0], "new", "cur")
+    assert len(synced) == 2 * expected
+
+
+def test_symlinks_are_not_listed_or_claimed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "spool")
+    store.prepare()
+    outside = tmp_path / "outside"
+    outside.write_text("secret")
+    (tmp_path / "spool" / "new" / "link").symlink_to(outside)
+    assert store.names("new") == []
+    assert not store.exists("link", "new")
+    assert store.claim() is None
+
+
+def test_falls_back_to_links_when_the_filesystem_refuses_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refusing_renameat2(*args: object) -> int:
+        ctypes.set_errno(errno.EINVAL)  # what NFS answers to any rename flag
+        return -1
+
+    monkeypatch.setattr(local, "_renameat2", refusing_renameat2)
+    backend = LocalBackend(tmp_path)
+    store = FileStore(backend)
+    store.prepare()
+    name = store.deliver(b"x")
+    assert backend._use_renameat2 is False
+    assert store.claim() == name
+    assert os.stat(tmp_path / "cur" / name).st_nlink == 1
+
+
+def test_refuses_to_move_when_no_exclusive_method_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LocalBackend(tmp_path)
+    backend._use_renameat2 = False
+    store = FileStore(backend)
+    store.prepare()
+    with store.create("a-file") as file:
+        file.write("x")
+
+    def refusing_link(source: str, target: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refusing_link)
+    with pytest.raises(ExclusiveMoveUnavailable, match="cannot move files there"):
+        store.move("a-file", "tmp", "new")
+    assert store.names("tmp") == ["a-file"]
+    assert store.names("new") == []
+
+
+def test_eight_processes_claim_five_thousand_messages_exactly_once(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, durable=False)
+    store.prepare()
+    names = [store.deliver(b"m" * 64) for _ in range(5000)]
+    claimed = claim_in_processes(store, processes=8)
+    counts = Counter(claimed)
+    assert len(claimed) == 5000
+    assert set(counts) == set(names)
+    assert max(counts.values()) == 1
+    assert store.names("new") == []
+    assert store.names("cur") == sorted(names)
+
+
+_WRITER = """
+import sys
+from filespool import FileStore
+store = FileStore(sys.argv[1])
+payload = b"x" * (64 * 1024 * 1024)
+while True:
+    store.deliver(payload)
+"""
+
+
+def test_a_writer_killed_mid_delivery_leaves_nothing_partial_in_new(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "spool", durable=False)
+    store.prepare()
+    staging = tmp_path / "spool" / "tmp"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "spool")])
+    try:
+        deadline = time.monotonic() + 60
+        while not _partly_written(staging):
+            assert time.monotonic() < deadline, "the writer never started writing"
+            assert writer.poll() is None, "the writer died on its own"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    for name in store.names("new"):
+        assert os.path.getsize(tmp_path / "spool" / "new" / name) == 64 * 1024 * 1024
+    assert store.names("tmp") == []  # the killed staging file stays hidden
+    assert any(entry.startswith(".") for entry in os.listdir(staging))
+
+
+def _partly_written(staging: Path) -> bool:
+    for entry in staging.iterdir():
+        try:
+            if 0 < entry.stat().st_size < 64 * 1024 * 1024:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def test_a_writer_killed_mid_create_leaves_nothing_in_new(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from filespool import FileStore\n"
+        "store = FileStore(sys.argv[1])\n"
+        "with store.create('slow', 'wb') as file:\n"
+        "    file.write(b'half'); file.flush(); print('written', flush=True); time.sleep(60)\n"
+        "store.move('slow', 'tmp', 'new')\n"
+    )
+    store = FileStore(tmp_path)
+    store.prepare()
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE)
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == b"written\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert store.names("new") == []
+    assert store.names("tmp") == ["slow"]

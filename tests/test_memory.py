@@ -1,0 +1,54 @@
+"""The in-memory backend: the contract, plus sharing by name."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+import pytest
+
+from filespool import FileStore
+from filespool.testing import AtomicMoveContract
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    url = f"memory://test-{uuid.uuid4().hex}"
+    yield url
+    fs = fsspec.filesystem("memory")
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
+
+
+class TestMemory(AtomicMoveContract):
+    @pytest.fixture
+    def store(self, memory_url: str) -> FileStore:
+        return FileStore(memory_url)
+
+
+def test_stores_of_one_name_share_files_and_others_do_not(memory_url: str) -> None:
+    first, second = FileStore(memory_url), FileStore(memory_url)
+    other = FileStore(memory_url + "-other")
+    first.prepare()
+    other.prepare()
+    name = first.deliver(b"x")
+    assert second.names("new") == [name]
+    assert other.names("new") == []
+    assert second.claim() == name
+    assert first.claim() is None
+
+
+def test_fsspec_opens_listed_paths(memory_url: str) -> None:
+    store = FileStore(memory_url)
+    store.prepare()
+    store.deliver(b"payload", "job")
+    [path] = store.list("new")
+    assert path == f"{memory_url}/new/job"
+    with fsspec.open(path, "rb") as file:
+        assert file.read() == b"payload"
+
+
+def test_memory_needs_a_name() -> None:
+    with pytest.raises(ValueError, match="needs a name"):
+        FileStore("memory://")
