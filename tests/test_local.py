@@ -208,3 +208,14 @@ def test_a_writer_killed_mid_create_leaves_nothing_in_new(tmp_path: Path) -> Non
     writer.wait()
     assert store.names("new") == []
     assert store.names("tmp") == ["slow"]
+
+
+def test_recover_resolves_a_move_interrupted_between_link_and_unlink(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.prepare()
+    name = store.deliver(b"x")
+    os.link(tmp_path / "new" / name, tmp_path / "cur" / name)  # what a crash after link() leaves
+    assert store.claim() is None  # a file in both folders is not claimed again
+    assert store.recover(older_than=0).returned == [name]
+    assert (store.names("new"), store.names("cur")) == ([name], [])
+    assert store.claim() == name

@@ -9,17 +9,41 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
+import random
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
 from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from filespool import backends
-from filespool.backends.base import STAGING_FOLDER, Backend
-from filespool.errors import AlreadyExists, InvalidFolder, InvalidMode, InvalidName, NotFound
+from filespool.backends.base import STAGING_FOLDER, Backend, Entry
+from filespool.claim import Claim, FolderStats, Record, Recovery
+from filespool.errors import (
+    AlreadyExists,
+    InvalidFolder,
+    InvalidMode,
+    InvalidName,
+    NotFound,
+    NotPrepared,
+)
 from filespool.names import unique_name, validate_name
 
-FOLDERS = (STAGING_FOLDER, "new", "cur")
-"""The store's folders: ``tmp`` (being written), ``new`` (published), ``cur`` (claimed)."""
+FOLDERS = (STAGING_FOLDER, "new", "cur", "failed")
+"""The store's folders: ``tmp`` (being written), ``new`` (published), ``cur``
+(claimed) and ``failed`` (dead letters)."""
+
+_PREPARED_FOLDERS = (STAGING_FOLDER, "new", "cur")
+# Made on first use, so that prepare() leaves exactly maildir's three folders.
+# The store's own records (attempts, failure reasons), one file per message name.
+_RECORDS = ".records"
+_LAZY_FOLDERS = ("failed", _RECORDS)
+_WIDEST_WINDOW = 64
+MAILDIR_TMP_AGE = 36 * 3600
+"""Maildir's rule: a file in ``tmp/`` untouched for 36 hours may be removed."""
 
 Name = str | os.PathLike[str]
 """A bare file name, or a full path name as returned by :meth:`FileStore.list`."""
@@ -33,7 +57,9 @@ class FileStore:
     :class:`~filespool.backends.base.Backend`. Extra keyword arguments go to the
     backend as its storage options. With ``durable=True`` (the default), data
     that :meth:`deliver` and :meth:`copy` publish is flushed to stable storage
-    first; ``durable=False`` skips that for speed.
+    first; ``durable=False`` skips that for speed. A file given back
+    (:meth:`release`, :meth:`recover`) ``max_attempts`` times goes to
+    ``failed/`` instead of ``new/`` (``None``: never).
 
     A ``FileStore`` is safe to share between threads; each process may hold its own.
     """
@@ -43,6 +69,7 @@ class FileStore:
         location: str | os.PathLike[str] | Backend,
         *,
         durable: bool = True,
+        max_attempts: int | None = 5,
         **storage_options: Any,
     ) -> None:
         if isinstance(location, Backend):
@@ -51,9 +78,16 @@ class FileStore:
             self.backend = location
         else:
             self.backend = backends.open_backend(location, **storage_options)
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1 or None, not {max_attempts}")
         self.durable = durable
+        self.max_attempts = max_attempts
         # Names from the last listing of new/ not yet tried, so a claim need not list every time.
         self._backlog: deque[str] = deque()
+        # Claimers pick at random among the first `_window` names; it widens as they
+        # collide, so concurrent workers spread out, and stays 1 (strict FIFO) alone.
+        self._window = 1
+        self._made_folders: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FileStore({self.url!r})"
@@ -64,8 +98,11 @@ class FileStore:
         return self.backend.url
 
     def prepare(self) -> None:
-        """Create the store's root and its ``tmp``, ``new`` and ``cur`` folders; idempotent."""
-        self.backend.create_folders(FOLDERS)
+        """Create the store's root and its ``tmp``, ``new`` and ``cur`` folders; idempotent.
+
+        ``failed/`` appears when the first file is dead-lettered.
+        """
+        self.backend.create_folders(_PREPARED_FOLDERS)
 
     @overload
     def create(self, name: Name, mode: Literal["w"] = "w") -> TextIO: ...
@@ -91,7 +128,9 @@ class FileStore:
 
     def names(self, folder: str) -> builtins.list[str]:
         """Sorted bare names of the files in ``folder`` (see :meth:`list`)."""
-        names = self.backend.list_names(_check_folder(folder))
+        names: builtins.list[str] = []
+        with self._unless_not_made_yet(_check_folder(folder)):
+            names = self.backend.list_names(folder)
         return sorted(name for name in names if not name.startswith("."))
 
     def move(self, name: Name, source: str, destination: str) -> None:
@@ -137,29 +176,197 @@ class FileStore:
         self.backend.put("new", bare, payload, durable=self.durable)
         return bare
 
-    def claim(self) -> str | None:
-        """Move one file from ``new/`` to ``cur/`` and return its name; ``None`` if there is none.
+    def claim(self, wait: float | None = None) -> Claim | None:
+        """Move one file from ``new/`` to ``cur/`` and return it; ``None`` if there is none.
 
-        Oldest first, as far as names sort by age. Of concurrent claimers (threads,
-        processes, or machines sharing the storage) exactly one gets each file.
+        Roughly oldest first. Of concurrent claimers (threads, processes, or machines
+        sharing the storage) exactly one gets each file. With ``wait`` (seconds),
+        poll with backoff until a file arrives or the time is up.
         """
+        deadline = None if wait is None else time.monotonic() + wait
+        pause = 0.001
+        while True:
+            claimed = self._claim_one()
+            if claimed is not None or deadline is None:
+                return claimed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.25)
+
+    def _claim_one(self) -> Claim | None:
         stuck: set[str] = set()
         while True:
-            while self._backlog:
-                name = self._backlog.popleft()
+            while (name := self._next_candidate()) is not None:
                 try:
                     self.backend.move("new", name, "cur")
                 except NotFound:
-                    continue  # another claimer won it
+                    self._window = min(self._window * 2, _WIDEST_WINDOW)  # lost a race
+                    continue
                 except AlreadyExists:
-                    # cur/ has the name already (a crash mid-move): leave it for recovery.
+                    # cur/ has the name already (a crash mid-move): recover() sorts it out.
                     stuck.add(name)
                     continue
-                return name
+                self._window = max(self._window // 2, 1)
+                return Claim(name, self)
             fresh = [name for name in self.names("new") if name not in stuck]
             if not fresh:
                 return None
             self._backlog.extend(fresh)
+
+    def _next_candidate(self) -> str | None:
+        """Take a name from the first ``_window`` of the backlog, or None if it is empty."""
+        try:
+            offset = random.randrange(min(self._window, len(self._backlog)))
+            self._backlog.rotate(-offset)
+            name = self._backlog.popleft()
+            self._backlog.rotate(offset)
+        except (ValueError, IndexError):  # empty, possibly emptied by another thread
+            return None
+        return name
+
+    def ack(self, name: Name) -> None:
+        """Finish a claimed file: remove it from ``cur/`` (and the store's record of it)."""
+        bare = self._bare_name(name, "cur")
+        self.backend.remove("cur", bare)
+        self._forget(bare)
+
+    def release(self, name: Name) -> str:
+        """Give a claimed file back to ``new/``; return the folder it went to.
+
+        Counts an attempt; the ``max_attempts``-th goes to ``failed/`` instead.
+        """
+        return self._give_back(self._bare_name(name, "cur"), "released")
+
+    def fail(self, name: Name, reason: str) -> None:
+        """Dead-letter a claimed file: move it to ``failed/``, keeping ``reason``.
+
+        Read the reason back with :meth:`record`.
+        """
+        bare = self._bare_name(name, "cur")
+        self._dead_letter(bare, Record(self.record(bare).attempts + 1, reason))
+
+    def extend(self, name: Name) -> None:
+        """Renew the lease of a claimed file: :meth:`recover` measures its age from now."""
+        self.backend.touch("cur", self._bare_name(name, "cur"))
+
+    def record(self, name: Name) -> Record:
+        """What the store remembers of a file: attempts given back, and a failure reason."""
+        bare = validate_name(os.fspath(name).rpartition("/")[2])
+        try:
+            with self.backend.open(_RECORDS, bare) as file:
+                fields = json.loads(file.read())
+        except (NotFound, NotPrepared):
+            return Record()
+        return Record(int(fields["attempts"]), fields["reason"])
+
+    def recover(self, older_than: float | timedelta) -> Recovery:
+        """Give back every claim whose lease is older than ``older_than`` (seconds).
+
+        A claim's lease runs from its claim or its last :meth:`extend`. Each is
+        given back as by :meth:`release`, one by one, and checked again just
+        before, so a claim renewed meanwhile is left alone. A file that a crash
+        left in both ``new/`` and ``cur/`` is resolved too.
+        """
+        limit = _seconds(older_than)
+        returned: builtins.list[str] = []
+        failed: builtins.list[str] = []
+        for entry in self.backend.scan("cur"):
+            if entry.name.startswith(".") or time.time() - entry.changed < limit:
+                continue
+            try:
+                if time.time() - self.backend.info("cur", entry.name).changed < limit:
+                    continue  # renewed since the scan
+                folder = self._give_back(entry.name, f"lease expired after {limit:g} s")
+            except (NotFound, AlreadyExists):
+                continue  # finished by its worker meanwhile, or a name clash left for a person
+            (returned if folder == "new" else failed).append(entry.name)
+        return Recovery(returned, failed)
+
+    def cleanup(self, older_than: float | timedelta = MAILDIR_TMP_AGE) -> builtins.list[str]:
+        """Remove files (and abandoned staging files) untouched in ``tmp/`` for ``older_than``.
+
+        Also drops the store's records of files that are in no folder any more.
+        Returns the names removed from ``tmp/``.
+        """
+        limit = _seconds(older_than)
+        removed: builtins.list[str] = []
+        for entry in self.backend.scan(STAGING_FOLDER):
+            if time.time() - entry.changed >= limit:
+                with suppress(NotFound):
+                    self.backend.remove(STAGING_FOLDER, entry.name)
+                    removed.append(entry.name)
+        for entry in self._scan(_RECORDS):
+            if time.time() - entry.changed >= limit and not self._is_anywhere(entry.name):
+                self._forget(entry.name)
+        return sorted(name for name in removed if not name.startswith("."))
+
+    def stats(self) -> builtins.dict[str, FolderStats]:
+        """For each folder, how many files it holds and how long the oldest has been there."""
+        now = time.time()
+        result: builtins.dict[str, FolderStats] = {}
+        for folder in FOLDERS:
+            times = [e.changed for e in self._scan(folder) if not e.name.startswith(".")]
+            result[folder] = FolderStats(len(times), now - min(times) if times else None)
+        return result
+
+    def _give_back(self, name: str, why: str) -> str:
+        record = self.record(name)
+        attempts = record.attempts + 1
+        if self.max_attempts is not None and attempts >= self.max_attempts:
+            self._dead_letter(name, Record(attempts, f"gave up after {attempts} attempts ({why})"))
+            return "failed"
+        self._remember(name, Record(attempts, record.reason))
+        try:
+            self.backend.move("cur", name, "new")
+        except AlreadyExists:
+            if not self.backend.same_file("cur", "new", name):
+                raise
+            # A move new/ -> cur/ was interrupted and left the file in both: it is waiting already.
+            self.backend.remove("cur", name)
+        return "new"
+
+    def _dead_letter(self, name: str, record: Record) -> None:
+        self._remember(name, record)
+        self._make_folder("failed")
+        self.backend.move("cur", name, "failed")
+
+    def _remember(self, name: str, record: Record) -> None:
+        self._make_folder(_RECORDS)
+        data = json.dumps({"attempts": record.attempts, "reason": record.reason}).encode()
+        self.backend.replace(_RECORDS, name, data, durable=self.durable)
+
+    def _forget(self, name: str) -> None:
+        with suppress(NotFound, NotPrepared):
+            self.backend.remove(_RECORDS, name)
+
+    def _make_folder(self, folder: str) -> None:
+        if folder not in self._made_folders:
+            self.backend.create_folders([folder])
+            self._made_folders.add(folder)
+
+    def _scan(self, folder: str) -> builtins.list[Entry]:
+        with self._unless_not_made_yet(folder):
+            return self.backend.scan(folder)
+        return []
+
+    def _is_anywhere(self, name: str) -> bool:
+        for folder in ("new", "cur", "failed"):
+            with self._unless_not_made_yet(folder):
+                if self.backend.exists(folder, name):
+                    return True
+        return False
+
+    @contextmanager
+    def _unless_not_made_yet(self, folder: str) -> Iterator[None]:
+        """Let ``NotPrepared`` pass for a folder made on first use, if the store is prepared."""
+        try:
+            yield
+        except NotPrepared:
+            if folder not in _LAZY_FOLDERS:
+                raise
+            self.backend.list_names("new")  # raises NotPrepared if the whole store is
 
     def _bare_name(self, name: Name, folder: str) -> str:
         """Validate ``name``; a full path must be of a file in ``folder`` of this store."""
@@ -173,6 +380,10 @@ class FileStore:
                     f"pass a bare name or a path from list({folder!r})"
                 )
         return validate_name(text)
+
+
+def _seconds(duration: float | timedelta) -> float:
+    return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
 
 
 def _check_folder(folder: object) -> str:

@@ -25,9 +25,11 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import timedelta
 from functools import partial
 from typing import Any, ClassVar
 
@@ -36,7 +38,14 @@ import pytest
 from fsspec import AbstractFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+from filespool.claim import Claim, FolderStats, Record, Recovery
 from filespool.errors import (
     AlreadyExists,
     FileStoreError,
@@ -64,7 +73,7 @@ BAD_NAMES: list[Any] = [
     5,
     b"bytes",
 ]
-BAD_FOLDERS: list[Any] = ["", "TMP", "../tmp", "tmp/", "failed", ".", None, 1]
+BAD_FOLDERS: list[Any] = ["", "TMP", "../tmp", "tmp/", ".records", "dead", ".", None, 1]
 
 
 def _everything_outside(fs: AbstractFileSystem, root: str) -> set[str]:
@@ -360,6 +369,193 @@ class StoreContract:
         assert other.claim() == name
         assert prepared.claim() is None
 
+    # -- the work queue: claims, ack, release, fail, leases ------------------
+
+    def test_a_claim_is_its_name_with_its_content(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"payload")
+        claim = prepared.claim()
+        assert claim == name
+        assert isinstance(claim, Claim)
+        assert claim.name == name
+        assert claim.path == prepared.list("cur")[0]
+        assert claim.read() == b"payload"
+        with claim.open("r") as file:
+            assert file.read() == "payload"
+
+    def test_ack_removes_the_claim(self, prepared: FileStore) -> None:
+        prepared.deliver(b"x")
+        claim = prepared.claim()
+        assert claim is not None
+        claim.ack()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+        with pytest.raises(NotFound):
+            claim.ack()
+
+    def test_release_gives_the_file_back_and_counts_an_attempt(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
+        claim = prepared.claim()
+        assert claim is not None
+        assert claim.release() == "new"
+        assert prepared.names("new") == [name]
+        assert prepared.record(name) == Record(attempts=1)
+        again = prepared.claim()
+        assert again == name
+        again.ack()
+        assert prepared.record(name) == Record()
+
+    def test_the_last_attempt_goes_to_failed(self, prepared: FileStore) -> None:
+        prepared.max_attempts = 3
+        name = prepared.deliver(b"poison")
+        folders = []
+        for _ in range(3):
+            claim = prepared.claim()
+            assert claim == name
+            folders.append(claim.release())
+        assert folders == ["new", "new", "failed"]
+        assert prepared.names("failed") == [name]
+        assert prepared.claim() is None
+        record = prepared.record(name)
+        assert record.attempts == 3
+        assert "gave up after 3 attempts" in (record.reason or "")
+
+    def test_fail_dead_letters_with_the_reason(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
+        assert prepared.names("failed") == []
+        claim = prepared.claim()
+        assert claim is not None
+        claim.fail("cannot parse line 3")
+        assert prepared.names("failed") == [name]
+        assert prepared.names("cur") == []
+        assert prepared.record(name) == Record(attempts=1, reason="cannot parse line 3")
+        assert prepared.open(name, "failed", "rb").read() == b"x"
+
+    def test_a_claim_as_context_acks_on_success_and_releases_on_error(
+        self, prepared: FileStore
+    ) -> None:
+        first, second, third = (prepared.deliver(b"x") for _ in range(3))
+        with prepared.claim() as claim:  # type: ignore[union-attr]
+            assert claim == first
+        assert not prepared.exists(first, "cur")
+        assert not prepared.exists(first, "new")
+        with pytest.raises(RuntimeError), prepared.claim() as claim:  # type: ignore[union-attr]
+            raise RuntimeError("handler crashed")
+        assert prepared.exists(second, "new")
+        assert prepared.record(second).attempts == 1
+        with prepared.claim() as claim:  # type: ignore[union-attr]
+            assert claim == third
+            claim.fail("bad input")
+        assert prepared.names("failed") == [third]
+
+    def test_claim_waits_for_a_file(self, prepared: FileStore) -> None:
+        other = self.again(prepared)
+        timer = threading.Timer(0.2, other.deliver, args=(b"late", "late"))
+        timer.start()
+        try:
+            assert prepared.claim(wait=60) == "late"
+        finally:
+            timer.cancel()
+        assert prepared.claim(wait=0.05) is None
+
+    def test_recover_returns_only_expired_claims(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
+        assert prepared.claim() == name
+        assert prepared.recover(older_than=3600) == Recovery([], [])
+        assert prepared.names("cur") == [name]
+        assert prepared.recover(older_than=0) == Recovery([name], [])
+        assert prepared.names("new") == [name]
+        assert prepared.record(name).attempts == 1
+
+    def test_recover_dead_letters_at_max_attempts(self, prepared: FileStore) -> None:
+        prepared.max_attempts = 1
+        name = prepared.deliver(b"x")
+        prepared.claim()
+        assert prepared.recover(older_than=timedelta(0)) == Recovery([], [name])
+        assert prepared.names("failed") == [name]
+        assert "lease expired" in (prepared.record(name).reason or "")
+
+    def test_extend_renews_the_lease(self, prepared: FileStore) -> None:
+        prepared.deliver(b"x")
+        claim = prepared.claim()
+        assert claim is not None
+        claimed_at = prepared.backend.info("cur", claim).changed
+        time.sleep(0.05)
+        claim.extend()
+        assert prepared.backend.info("cur", claim).changed > claimed_at
+        assert time.time() - prepared.backend.info("cur", claim).changed < 30
+
+    def test_a_fresh_claim_is_never_recovered(self, prepared: FileStore) -> None:
+        names = {prepared.deliver(b"x") for _ in range(10 * self.race_rounds)}
+        recoverer = self.again(prepared)
+        stop = threading.Event()
+        returned: list[str] = []
+
+        def recover_in_a_loop() -> None:
+            while not stop.is_set():
+                returned.extend(recoverer.recover(older_than=30).returned)
+
+        thread = threading.Thread(target=recover_in_a_loop)
+        thread.start()
+        try:
+            claimed = []
+            while (claim := prepared.claim()) is not None:
+                claimed.append(claim)
+                assert prepared.exists(claim, "cur")
+        finally:
+            stop.set()
+            thread.join()
+        assert returned == []
+        assert set(claimed) == names
+
+    def test_cleanup_removes_only_old_files_in_tmp(self, prepared: FileStore) -> None:
+        with prepared.create("abandoned") as file:
+            file.write("half")
+        fs, root = self.filesystem(prepared)
+        fs.pipe_file(f"{root}/tmp/.stage.abandoned", b"half")
+        waiting = prepared.deliver(b"x")
+        assert prepared.cleanup() == []
+        assert prepared.names("tmp") == ["abandoned"]
+        assert prepared.cleanup(older_than=0) == ["abandoned"]
+        assert prepared.names("tmp") == []
+        assert not fs.exists(f"{root}/tmp/.stage.abandoned")
+        assert prepared.names("new") == [waiting]
+
+    def test_cleanup_drops_records_of_files_that_are_gone(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
+        prepared.claim().release()  # type: ignore[union-attr]
+        prepared.remove(name, "new")  # removed behind the queue's back
+        assert prepared.record(name).attempts == 1
+        prepared.cleanup(older_than=0)
+        assert prepared.record(name) == Record()
+
+    def test_stats_count_and_age_each_folder(self, prepared: FileStore) -> None:
+        assert prepared.stats() == {folder: FolderStats(0, None) for folder in FOLDERS}
+        for _ in range(3):
+            prepared.deliver(b"x")
+        prepared.claim()
+        stats = prepared.stats()
+        assert [stats[folder].count for folder in FOLDERS] == [0, 2, 1, 0]
+        assert stats["new"].oldest_age is not None
+        assert 0 <= stats["new"].oldest_age < 3600
+        assert stats["tmp"].oldest_age is None
+
+    def test_queue_state_machine(self, prepared: FileStore) -> None:
+        """Random deliver/claim/ack/release/fail/recover/cleanup steps against a model:
+        after every step each message is in exactly the one place the model says."""
+
+        class OnThisStore(QueueMachine):
+            def __init__(self) -> None:
+                super().__init__(prepared)
+
+        run_state_machine_as_test(
+            OnThisStore,
+            settings=settings(
+                max_examples=25,
+                stateful_step_count=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.differing_executors],
+            ),
+        )
+
     # -- bad input -----------------------------------------------------------
 
     @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
@@ -378,7 +574,7 @@ class StoreContract:
         for operation in operations:
             with pytest.raises(InvalidName):
                 operation()
-        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], []]
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], [], []]
 
     @pytest.mark.parametrize("folder", BAD_FOLDERS, ids=repr)
     def test_bad_folders_are_refused_everywhere(self, prepared: FileStore, folder: Any) -> None:
@@ -396,7 +592,7 @@ class StoreContract:
         for operation in operations:
             with pytest.raises(InvalidFolder):
                 operation()
-        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], []]
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], [], []]
 
     # One store serves every example (nothing outside the root may change, whatever happens
     # inside it), and each backend's subclass runs this test: both are intended.
@@ -505,7 +701,7 @@ class StoreContract:
         handles = [self.again(prepared) for _ in range(8)]
 
         def drain(handle: FileStore) -> list[str]:
-            claimed = []
+            claimed: list[str] = []
             while (name := handle.claim()) is not None:
                 claimed.append(name)
             return claimed
@@ -582,3 +778,84 @@ def _claim_until_empty(store: FileStore, barrier: Any, results: Any) -> None:
     while (name := store.claim()) is not None:
         claimed.append(name)
     results.put(claimed)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """A model of where each message is; every step must keep the store in line with it."""
+
+    MAX_ATTEMPTS = 3
+
+    def __init__(self, store: FileStore) -> None:
+        super().__init__()
+        self.store = store
+        store.max_attempts = self.MAX_ATTEMPTS
+        for folder in ("new", "cur", "failed", "tmp"):
+            for name in store.names(folder):
+                store.remove(name, folder)
+        self.place: dict[str, str] = {}  # name -> "new", "cur", "failed" or "done"
+        self.attempts: Counter[str] = Counter()
+        self.claims: dict[str, Claim] = {}
+
+    @rule(data=st.binary(max_size=64))
+    def deliver(self, data: bytes) -> None:
+        self.place[self.store.deliver(data)] = "new"
+
+    @rule()
+    def claim(self) -> None:
+        claim = self.store.claim()
+        waiting = sorted(name for name, place in self.place.items() if place == "new")
+        if claim is None:
+            assert waiting == []
+            return
+        assert claim in waiting
+        self.place[claim] = "cur"
+        self.claims[claim] = claim
+
+    @rule(choice=st.randoms())
+    def ack(self, choice: Any) -> None:
+        if self.claims:
+            name = choice.choice(sorted(self.claims))
+            self.claims.pop(name).ack()
+            self.place[name] = "done"
+
+    @rule(choice=st.randoms())
+    def release(self, choice: Any) -> None:
+        if self.claims:
+            name = choice.choice(sorted(self.claims))
+            folder = self.claims.pop(name).release()
+            self.attempts[name] += 1
+            expected = "failed" if self.attempts[name] >= self.MAX_ATTEMPTS else "new"
+            assert folder == expected
+            self.place[name] = folder
+
+    @rule(choice=st.randoms(), reason=st.text(max_size=20))
+    def fail(self, choice: Any, reason: str) -> None:
+        if self.claims:
+            name = choice.choice(sorted(self.claims))
+            self.claims.pop(name).fail(reason)
+            self.attempts[name] += 1
+            self.place[name] = "failed"
+            assert self.store.record(name).reason == reason
+
+    @rule()
+    def recover(self) -> None:
+        recovery = self.store.recover(older_than=0)
+        assert sorted(recovery.returned + recovery.failed) == sorted(self.claims)
+        for name in recovery.returned + recovery.failed:
+            self.attempts[name] += 1
+            self.place[name] = "new" if name in recovery.returned else "failed"
+        self.claims.clear()
+
+    @rule()
+    def cleanup(self) -> None:
+        assert self.store.cleanup(older_than=0) == []
+
+    @invariant()
+    def every_message_is_in_exactly_one_place(self) -> None:
+        for folder in ("new", "cur", "failed"):
+            expected = sorted(n for n, place in self.place.items() if place == folder)
+            assert self.store.names(folder) == expected, folder
+        assert self.store.names("tmp") == []
+        for name, count in self.attempts.items():
+            if self.place[name] != "done":
+                assert self.store.record(name).attempts == count

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import BinaryIO
 
 STAGING_FOLDER = "tmp"
@@ -20,6 +21,16 @@ STAGING_FOLDER = "tmp"
 
 Staged entries must have names starting with ``.`` so that listings skip them.
 """
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file in a folder, as :meth:`Backend.scan` reports it."""
+
+    name: str
+    changed: float
+    """When the file arrived in the folder (published, moved, copied) or was last
+    touched, in seconds since the epoch. A claim's lease runs from here."""
 
 
 class Backend(ABC):
@@ -50,6 +61,14 @@ class Backend(ABC):
     @abstractmethod
     def list_names(self, folder: str) -> list[str]:
         """Names of the regular files in a folder, in any order (subfolders excluded)."""
+
+    @abstractmethod
+    def scan(self, folder: str) -> list[Entry]:
+        """Every regular file in a folder (dotfiles included) with its ``changed`` time."""
+
+    @abstractmethod
+    def info(self, folder: str, name: str) -> Entry:
+        """The file's entry, as :meth:`scan` would report it."""
 
     @abstractmethod
     def exists(self, folder: str, name: str) -> bool:
@@ -88,3 +107,20 @@ class Backend(ABC):
     @abstractmethod
     def remove(self, folder: str, name: str) -> None:
         """Delete a file."""
+
+    @abstractmethod
+    def touch(self, folder: str, name: str) -> None:
+        """Set the file's ``changed`` time to now (a claim's lease then runs from now)."""
+
+    @abstractmethod
+    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        """Publish ``data`` as ``folder/name`` whole, replacing any file of that name.
+
+        Only for the store's own records (attempt counts, failure reasons), never for
+        spooled files.
+        """
+
+    @abstractmethod
+    def same_file(self, first: str, second: str, name: str) -> bool:
+        """Whether ``first/name`` and ``second/name`` are one file left in both folders
+        by a move that was interrupted (a crash between its two steps)."""

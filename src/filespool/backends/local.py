@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO
 
-from filespool.backends.base import STAGING_FOLDER, Backend
+from filespool.backends.base import STAGING_FOLDER, Backend, Entry
 from filespool.errors import AlreadyExists, ExclusiveMoveUnavailable, NotFound, NotPrepared
 from filespool.names import unique_name
 
@@ -83,6 +83,27 @@ class LocalBackend(Backend):
             # is_file(follow_symlinks=False) is answered from d_type: no stat per entry.
             return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
 
+    def scan(self, folder: str) -> list[Entry]:
+        found = []
+        with self._errors(folder), os.scandir(self.folder_path(folder)) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    try:
+                        # rename() and link() set ctime, and nothing but the kernel can:
+                        # a claim's time cannot be lost or forged by copying the file.
+                        changed = entry.stat(follow_symlinks=False).st_ctime
+                    except FileNotFoundError:
+                        continue  # moved away since the directory was read
+                    found.append(Entry(entry.name, changed))
+        return found
+
+    def info(self, folder: str, name: str) -> Entry:
+        with self._errors(folder, name):
+            status = os.lstat(self._path(folder, name))
+        if not stat.S_ISREG(status.st_mode):
+            raise NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+        return Entry(name, status.st_ctime)
+
     def exists(self, folder: str, name: str) -> bool:
         try:
             mode = os.lstat(self._path(folder, name)).st_mode
@@ -115,6 +136,28 @@ class LocalBackend(Backend):
     def remove(self, folder: str, name: str) -> None:
         with self._errors(folder, name):
             os.unlink(self._path(folder, name))
+
+    def touch(self, folder: str, name: str) -> None:
+        with self._errors(folder, name):
+            os.utime(self._path(folder, name))  # the kernel sets ctime to now as well
+
+    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        with self._errors(folder, name):
+            staged = self._stage(lambda file: file.write(data), durable=durable)
+        try:
+            with self._errors(folder, name):
+                os.replace(staged, self._path(folder, name))
+        except BaseException:
+            os.unlink(staged)
+            raise
+        if durable:
+            _fsync_directory(self.folder_path(folder))
+
+    def same_file(self, first: str, second: str, name: str) -> bool:
+        try:
+            return os.path.samefile(self._path(first, name), self._path(second, name))
+        except FileNotFoundError:
+            return False
 
     def _stage(self, write: Callable[[BinaryIO], object], *, durable: bool) -> str:
         """Write a hidden file in the staging folder; return its path."""

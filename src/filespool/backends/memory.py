@@ -6,11 +6,12 @@ import io
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any, BinaryIO, cast
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
-from filespool.backends.base import Backend
+from filespool.backends.base import Backend, Entry
 from filespool.errors import AlreadyExists, NotFound, NotPrepared
 
 # fsspec's memory primitives are not atomic (mv is copy + rm, "xb" is
@@ -71,6 +72,20 @@ class MemoryBackend(Backend):
             if key.startswith(prefix) and "/" not in key[len(prefix) :]
         ]
 
+    def scan(self, folder: str) -> list[Entry]:
+        prefix = f"{self._root}/{folder}/"
+        with self._locked(folder):
+            items = tuple(self._files.items())
+        return [
+            Entry(key[len(prefix) :], file.modified.timestamp())
+            for key, file in items
+            if key.startswith(prefix) and "/" not in key[len(prefix) :]
+        ]
+
+    def info(self, folder: str, name: str) -> Entry:
+        with self._locked(folder):
+            return Entry(name, self._require(folder, name).modified.timestamp())
+
     def exists(self, folder: str, name: str) -> bool:
         with self._locked(folder):
             return self._key(folder, name) in self._files
@@ -100,6 +115,7 @@ class MemoryBackend(Backend):
             self._require_absent(destination, name)
             file = self._files.pop(self._key(source, name))
             file.path = key
+            file.modified = _now()
             self._files[key] = file
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
@@ -113,6 +129,20 @@ class MemoryBackend(Backend):
         with self._locked(folder):
             self._require(folder, name)
             del self._files[self._key(folder, name)]
+
+    def touch(self, folder: str, name: str) -> None:
+        with self._locked(folder):
+            self._require(folder, name).modified = _now()
+
+    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        key = self._key(folder, name)
+        with self._locked(folder):
+            self._files[key] = MemoryFile(self._fs, key, data)
+
+    def same_file(self, first: str, second: str, name: str) -> bool:
+        with _STORE_LOCK:
+            file = self._files.get(self._key(first, name))
+            return file is not None and file is self._files.get(self._key(second, name))
 
     @contextmanager
     def _locked(self, *folders: str) -> Iterator[None]:
@@ -133,6 +163,10 @@ class MemoryBackend(Backend):
     def _require_absent(self, folder: str, name: str) -> None:
         if self._key(folder, name) in self._files:
             raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+
+
+def _now() -> datetime:
+    return datetime.now(tz=timezone.utc)
 
 
 def open_memory(url: str, **storage_options: Any) -> MemoryBackend:
