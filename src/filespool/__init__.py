@@ -1,7 +1,7 @@
 """filespool: maildir-style spools of files, on local disks, in memory and on S3.
 
-Write into ``tmp/``, publish by an atomic move into ``new/``, claim by an
-atomic move into ``cur/``: many processes, and many machines, can process
+Write into `tmp/`, publish by an atomic move into `new/`, claim by an
+atomic move into `cur/`: many processes, and many machines, can process
 files without locks.
 """
 

@@ -1,4 +1,4 @@
-"""``python -m filespool``: the command line."""
+"""`python -m filespool`: the command line."""
 
 from filespool.cli import main
 

@@ -13,10 +13,10 @@ if TYPE_CHECKING:
 class Claim(str):
     """A file this worker has claimed: the object is its name, with what to do next.
 
-    Finish a claim exactly once with :meth:`ack` (done), :meth:`release` (give it
-    back for another try) or :meth:`fail` (dead-letter it). Used as a context
+    Finish a claim exactly once with `ack` (done), `release` (give it
+    back for another try) or `fail` (dead-letter it). Used as a context
     manager it acks when the block succeeds and releases when it raises, unless
-    the block finished it already. Renew the lease with :meth:`extend` while work
+    the block finished it already. Renew the lease with `extend` while work
     takes long.
     """
 
@@ -39,43 +39,42 @@ class Claim(str):
 
     @property
     def path(self) -> str:
-        """The file's full path in ``cur/`` (an OS path for local stores, else a URL)."""
+        """The file's full path in `cur/` (an OS path for local stores, else a URL)."""
         return f"{self.store.backend.folder_path('cur')}/{self}"
 
     def read(self) -> bytes:
         """The file's content."""
-        with self.store.open(self, "cur", "rb") as file:
-            return file.read()
+        return self.store.backend.read("cur", self.name)
 
     @overload
     def open(self, mode: Literal["rb"] = "rb") -> BinaryIO: ...
     @overload
     def open(self, mode: Literal["r"]) -> TextIO: ...
     def open(self, mode: Literal["r", "rb"] = "rb") -> TextIO | BinaryIO:
-        """Open the file for reading (``"rb"``, or ``"r"`` for UTF-8 text)."""
+        """Open the file for reading (`"rb"`, or `"r"` for UTF-8 text)."""
         return self.store.open(self, "cur", mode)
 
     def ack(self) -> None:
-        """Done: remove the file from ``cur/``."""
-        self.store.ack(self)
+        """Done: remove the file from `cur/`."""
+        self.store._ack(self.name)  # the name came from the store: no need to validate it again
         self.finished = True
 
     def release(self) -> str:
-        """Give the file back to ``new/`` for another try; returns where it went.
+        """Give the file back to `new/` for another try; returns where it went.
 
-        Counts an attempt: after the store's ``max_attempts`` it goes to ``failed/``.
+        Counts an attempt: after the store's `max_attempts` it goes to `failed/`.
         """
         folder = self.store.release(self)
         self.finished = True
         return folder
 
     def fail(self, reason: str) -> None:
-        """Dead-letter the file: move it to ``failed/``, keeping ``reason``."""
+        """Dead-letter the file: move it to `failed/`, keeping `reason`."""
         self.store.fail(self, reason)
         self.finished = True
 
     def extend(self) -> None:
-        """Renew the lease: :meth:`FileStore.recover` measures its age from now."""
+        """Renew the lease: `FileStore.recover` measures its age from now."""
         self.store.extend(self)
 
     def __enter__(self) -> Claim:
@@ -113,7 +112,7 @@ class FolderStats:
 
 @dataclass(frozen=True)
 class Recovery:
-    """What :meth:`FileStore.recover` did: names given back to ``new/``, and dead-lettered."""
+    """What `FileStore.recover` did: names given back to `new/`, and dead-lettered."""
 
     returned: list[str]
     failed: list[str]

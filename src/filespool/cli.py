@@ -1,4 +1,4 @@
-"""The ``filespool`` command: use a spool from the shell, and run work on it."""
+"""The `filespool` command: use a spool from the shell, and run work on it."""
 
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ def _signals_stop(pool: WorkPool) -> Iterator[None]:
 
 
 class _Reporter:
-    """Says nothing (``--quiet``); the base of the other reporters."""
+    """Says nothing (`--quiet`); the base of the other reporters."""
 
     def outcome(self, outcome: Outcome) -> None:
         """One file was finished."""
@@ -464,7 +464,7 @@ def _demo(arguments: argparse.Namespace) -> int:
 def run_demo(
     store: FileStore, messages: int, producers: int, consumers: int, size: int
 ) -> DemoResult:
-    """Deliver ``messages`` with producer processes while consumer processes drain the store."""
+    """Deliver `messages` with producer processes while consumer processes drain the store."""
     context = multiprocessing.get_context("spawn")
     results: Any = context.Queue()
     producing: Any = context.Event()

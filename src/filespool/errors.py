@@ -1,9 +1,9 @@
 """The exceptions filespool raises.
 
-Every error derives from :class:`FileStoreError`, and each also derives from
+Every error derives from `FileStoreError`, and each also derives from
 the built-in exception a Python programmer would catch for the same problem
-(``ValueError``, ``FileNotFoundError``, ``FileExistsError``), so existing
-``except`` clauses keep working.
+(`ValueError`, `FileNotFoundError`, `FileExistsError`), so existing
+`except` clauses keep working.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class AlreadyExists(FileStoreError, FileExistsError):
 
 
 class NotPrepared(FileStoreError, FileNotFoundError):
-    """The store's folders do not exist: call ``prepare()`` first."""
+    """The store's folders do not exist: call `prepare()` first."""
 
 
 class ExclusiveMoveUnavailable(FileStoreError, OSError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import re
-import secrets
 import socket
 import threading
 import time
@@ -18,10 +18,10 @@ _UNSAFE_HOST_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def validate_name(name: object) -> str:
-    """Return ``name`` if it is a safe bare file name, else raise :class:`InvalidName`.
+    """Return `name` if it is a safe bare file name, else raise `InvalidName`.
 
-    A safe name is a non-empty string without ``/``, ``\\`` or NUL, does not
-    start with ``.`` (which also rules out ``.`` and ``..``; dotfiles are
+    A safe name is a non-empty string without `/`, `\\` or NUL, does not
+    start with `.` (which also rules out `.` and `..`; dotfiles are
     reserved for staging), and is at most 255 bytes in UTF-8.
     """
     if not isinstance(name, str):
@@ -43,10 +43,10 @@ def validate_name(name: object) -> str:
 
 
 class _NameGenerator:
-    """Makes ``<seconds>.M<microseconds>P<pid>Q<counter>R<random>.<host>`` names.
+    """Makes `<seconds>.M<microseconds>P<pid>Q<counter>R<random>.<host>` names.
 
     The leading seconds (ten digits until the year 2286) and zero-padded
-    microseconds make names sort by creation time, so ``names('new')`` is
+    microseconds make names sort by creation time, so `names('new')` is
     roughly first-in first-out. Host, pid, a per-process counter and 64 random
     bits keep names unique across processes and machines.
     """
@@ -65,13 +65,14 @@ class _NameGenerator:
             self._last_microseconds = microseconds
             count = next(self._counter)
         seconds, fraction = divmod(microseconds, 1_000_000)
-        return (
-            f"{seconds}.M{fraction:06d}P{os.getpid()}Q{count}R{secrets.token_hex(8)}.{self._host}"
-        )
+        # random, not secrets: no system call per name; the child of a fork is reseeded,
+        # and host, pid and counter already make the name unique.
+        noise = random.getrandbits(64)
+        return f"{seconds}.M{fraction:06d}P{os.getpid()}Q{count}R{noise:016x}.{self._host}"
 
 
 unique_name = _NameGenerator()
-"""Return a new unique, time-sortable file name (see :class:`_NameGenerator`)."""
+"""Return a new unique, time-sortable file name (see `_NameGenerator`)."""
 
 if hasattr(os, "register_at_fork"):
     # A fork while another thread holds the lock would leave the child's copy locked forever.

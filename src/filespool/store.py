@@ -1,7 +1,7 @@
 """The maildir protocol: write in tmp/, publish into new/, claim into cur/.
 
 This module is backend-agnostic: it validates every input, then calls the
-:class:`~filespool.backends.base.Backend` interface. It never imports a
+`Backend` interface. It never imports a
 concrete backend.
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import builtins
 import io
+import itertools
 import json
 import os
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -33,35 +35,37 @@ from filespool.errors import (
 from filespool.names import unique_name, validate_name
 
 FOLDERS = (STAGING_FOLDER, "new", "cur", "failed")
-"""The store's folders: ``tmp`` (being written), ``new`` (published), ``cur``
-(claimed) and ``failed`` (dead letters)."""
+"""The store's folders: `tmp` (being written), `new` (published), `cur`
+(claimed) and `failed` (dead letters)."""
 
 _PREPARED_FOLDERS = (STAGING_FOLDER, "new", "cur")
 # Made on first use, so that prepare() leaves exactly maildir's three folders.
 # The store's own records (attempts, failure reasons), one file per message name.
 _RECORDS = ".records"
 _LAZY_FOLDERS = ("failed", _RECORDS)
-_WIDEST_WINDOW = 64
+_WIDEST_WINDOW = 1024
+_BATCH = 4096
+_STALE_AFTER = 4
 MAILDIR_TMP_AGE = 36 * 3600
-"""Maildir's rule: a file in ``tmp/`` untouched for 36 hours may be removed."""
+"""Maildir's rule: a file in `tmp/` untouched for 36 hours may be removed."""
 
 Name = str | os.PathLike[str]
-"""A bare file name, or a full path name as returned by :meth:`FileStore.list`."""
+"""A bare file name, or a full path name as returned by `FileStore.list`."""
 
 
 class FileStore:
     """A maildir-style spool of files.
 
-    ``location`` is a local path (``str`` or path-like), a URL (``file:///abs/path``,
-    ``memory://name``, or any scheme registered in :mod:`filespool.backends`) or a
-    :class:`~filespool.backends.base.Backend`. Extra keyword arguments go to the
-    backend as its storage options. With ``durable=True`` (the default), data
-    that :meth:`deliver` and :meth:`copy` publish is flushed to stable storage
-    first; ``durable=False`` skips that for speed. A file given back
-    (:meth:`release`, :meth:`recover`) ``max_attempts`` times goes to
-    ``failed/`` instead of ``new/`` (``None``: never).
+    `location` is a local path (`str` or path-like), a URL (`file:///abs/path`,
+    `memory://name`, or any scheme registered in `filespool.backends`) or a
+    `Backend`. Extra keyword arguments go to the
+    backend as its storage options. With `durable=True` (the default), data
+    that `deliver` and `copy` publish is flushed to stable storage
+    first; `durable=False` skips that for speed. A file given back
+    (`release`, `recover`) `max_attempts` times goes to
+    `failed/` instead of `new/` (`None`: never).
 
-    A ``FileStore`` is safe to share between threads; each process may hold its own.
+    A `FileStore` is safe to share between threads; each process may hold its own.
     """
 
     def __init__(
@@ -82,25 +86,46 @@ class FileStore:
             raise ValueError(f"max_attempts must be at least 1 or None, not {max_attempts}")
         self.durable = durable
         self.max_attempts = max_attempts
-        # Names from the last listing of new/ not yet tried, so a claim need not list every time.
-        self._backlog: deque[str] = deque()
-        # Claimers pick at random among the first `_window` names; it widens as they
-        # collide, so concurrent workers spread out, and stays 1 (strict FIFO) alone.
-        self._window = 1
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
         self._made_folders: set[str] = set()
+        self._records_exist = False
+        self._records_checked = float("-inf")
+        self._reset_claiming()
+
+    def _reset_claiming(self) -> None:
+        # A claim takes names from a backlog of the next batch of new/, sorted; the batch
+        # comes from a listing read in pages (`_listing`), so a claim costs the same however
+        # many files wait. The order is oldest first within each batch of `_BATCH` names.
+        self._backlog: deque[str] = deque()
+        self._listing: Iterator[str] | None = None
+        self._listing_lock = threading.Lock()
+        # Claimers pick at random among the first `_window` names of the backlog. It doubles
+        # with every lost race and shrinks by one with every win, so concurrent workers spread
+        # over up to 1,024 of the oldest names instead of all fighting for the first, and a
+        # worker alone goes back to strict order.
+        self._window = 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"backend": self.backend, "durable": self.durable, "max_attempts": self.max_attempts}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_caches()
 
     def __repr__(self) -> str:
         return f"FileStore({self.url!r})"
 
     @property
     def url(self) -> str:
-        """The canonical URL of the store, e.g. ``file:///var/spool/jobs`` or ``memory://jobs``."""
+        """The canonical URL of the store, e.g. `file:///var/spool/jobs` or `memory://jobs`."""
         return self.backend.url
 
     def prepare(self) -> None:
-        """Create the store's root and its ``tmp``, ``new`` and ``cur`` folders; idempotent.
+        """Create the store's root and its `tmp`, `new` and `cur` folders; idempotent.
 
-        ``failed/`` appears when the first file is dead-lettered.
+        `failed/` appears when the first file is dead-lettered.
         """
         self.backend.create_folders(_PREPARED_FOLDERS)
 
@@ -109,35 +134,35 @@ class FileStore:
     @overload
     def create(self, name: Name, mode: Literal["wb"]) -> BinaryIO: ...
     def create(self, name: Name, mode: str = "w") -> TextIO | BinaryIO:
-        """Create ``tmp/name`` exclusively and open it for writing (``"w"``: UTF-8 text, ``"wb"``).
+        """Create `tmp/name` exclusively and open it for writing (`"w"`: UTF-8 text, `"wb"`).
 
-        Raises :class:`AlreadyExists` if the file exists; an existing file is never truncated.
+        Raises `AlreadyExists` if the file exists; an existing file is never truncated.
         """
         _check_mode(mode, ("w", "wb"))
         bare = self._bare_name(name, STAGING_FOLDER)
         return _as_mode(self.backend.create(STAGING_FOLDER, bare), mode)
 
     def list(self, folder: str) -> list[str]:
-        """Sorted full path names of the files in ``folder``.
+        """Sorted full path names of the files in `folder`.
 
-        Local stores give absolute OS paths (for ``open()``); others give URLs
-        (for ``fsspec.open()``). Dotfiles, subfolders and staging files are left out.
+        Local stores give absolute OS paths (for `open()`); others give URLs
+        (for `fsspec.open()`). Dotfiles, subfolders and staging files are left out.
         """
         prefix = self.backend.folder_path(_check_folder(folder))
         return [f"{prefix}/{name}" for name in self.names(folder)]
 
     def names(self, folder: str) -> builtins.list[str]:
-        """Sorted bare names of the files in ``folder`` (see :meth:`list`)."""
+        """Sorted bare names of the files in `folder` (see `list`)."""
         names: builtins.list[str] = []
         with self._unless_not_made_yet(_check_folder(folder)):
             names = self.backend.list_names(folder)
         return sorted(name for name in names if not name.startswith("."))
 
     def move(self, name: Name, source: str, destination: str) -> None:
-        """Move a file from ``source`` to ``destination``, atomically and exclusively.
+        """Move a file from `source` to `destination`, atomically and exclusively.
 
-        Raises :class:`AlreadyExists` if ``destination`` has a file of that name
-        (nothing is overwritten) and :class:`NotFound` if ``source`` has none.
+        Raises `AlreadyExists` if `destination` has a file of that name
+        (nothing is overwritten) and `NotFound` if `source` has none.
         Of several concurrent movers of one file, exactly one succeeds.
         """
         _check_folder(destination)
@@ -149,7 +174,7 @@ class FileStore:
         self.backend.copy(source, self._bare_name(name, source), destination, durable=self.durable)
 
     def remove(self, name: Name, folder: str) -> None:
-        """Delete a file from ``folder``; raises :class:`NotFound` if it is not there."""
+        """Delete a file from `folder`; raises `NotFound` if it is not there."""
         self.backend.remove(folder, self._bare_name(name, folder))
 
     @overload
@@ -157,19 +182,19 @@ class FileStore:
     @overload
     def open(self, name: Name, folder: str, mode: Literal["rb"]) -> BinaryIO: ...
     def open(self, name: Name, folder: str, mode: str = "r") -> TextIO | BinaryIO:
-        """Open a file for reading (``"r"``: UTF-8 text, ``"rb"``: bytes)."""
+        """Open a file for reading (`"r"`: UTF-8 text, `"rb"`: bytes)."""
         _check_mode(mode, ("r", "rb"))
         return _as_mode(self.backend.open(folder, self._bare_name(name, folder)), mode)
 
     def exists(self, name: Name, folder: str) -> bool:
-        """Whether ``folder`` has a file of that name."""
+        """Whether `folder` has a file of that name."""
         return self.backend.exists(folder, self._bare_name(name, folder))
 
     def deliver(self, data: bytes | str, name: str | None = None) -> str:
-        """Publish ``data`` into ``new/`` whole, under ``name`` or a new unique name; return it.
+        """Publish `data` into `new/` whole, under `name` or a new unique name; return it.
 
-        ``str`` data is encoded as UTF-8. Raises :class:`AlreadyExists` if
-        ``new/`` already has a file of that name.
+        `str` data is encoded as UTF-8. Raises `AlreadyExists` if
+        `new/` already has a file of that name.
         """
         payload = _as_bytes(data)
         bare = unique_name() if name is None else validate_name(name)
@@ -177,10 +202,10 @@ class FileStore:
         return bare
 
     def claim(self, wait: float | None = None) -> Claim | None:
-        """Move one file from ``new/`` to ``cur/`` and return it; ``None`` if there is none.
+        """Move one file from `new/` to `cur/` and return it; `None` if there is none.
 
         Roughly oldest first. Of concurrent claimers (threads, processes, or machines
-        sharing the storage) exactly one gets each file. With ``wait`` (seconds),
+        sharing the storage) exactly one gets each file. With `wait` (seconds),
         poll with backoff until a file arrives or the time is up.
         """
         deadline = None if wait is None else time.monotonic() + wait
@@ -198,25 +223,54 @@ class FileStore:
     def _claim_one(self) -> Claim | None:
         stuck: set[str] = set()
         while True:
+            losses = 0
             while (name := self._next_candidate()) is not None:
                 try:
                     self.backend.move("new", name, "cur")
-                except NotFound:
-                    self._window = min(self._window * 2, _WIDEST_WINDOW)  # lost a race
+                except NotFound:  # lost a race
+                    self._window = min(self._window * 2, _WIDEST_WINDOW)
+                    losses += 1
+                    if losses == _STALE_AFTER:
+                        # Other claimers work through the same names: learning which are
+                        # left from a new listing is cheaper than trying them one by one.
+                        self._backlog.clear()
+                        self._listing = None
                     continue
                 except AlreadyExists:
                     # cur/ has the name already (a crash mid-move): recover() sorts it out.
                     stuck.add(name)
                     continue
-                self._window = max(self._window // 2, 1)
+                self._window = max(self._window - 1, 1)
                 return Claim(name, self)
-            fresh = [name for name in self.names("new") if name not in stuck]
-            if not fresh:
+            if not self._refill(stuck):
                 return None
-            self._backlog.extend(fresh)
+
+    def _refill(self, stuck: set[str]) -> bool:
+        """Put the next batch of names from new/ in the backlog; False if a whole fresh
+        listing had none to try."""
+        with self._listing_lock:
+            fresh = False
+            while True:
+                if self._listing is None:
+                    if fresh:
+                        return False
+                    self._listing = self.backend.iter_names("new")
+                    fresh = True
+                page = list(itertools.islice(self._listing, _BATCH))
+                if len(page) < _BATCH:
+                    self._listing = None  # read to the end: the next batch starts a new listing
+                batch = sorted(n for n in page if not n.startswith(".") and n not in stuck)
+                if batch:
+                    self._backlog.extend(batch)
+                    return True
 
     def _next_candidate(self) -> str | None:
-        """Take a name from the first ``_window`` of the backlog, or None if it is empty."""
+        """Take a name from the first `_window` of the backlog, or None if it is empty."""
+        if self._window == 1:  # alone, or not colliding: strict order, no random pick
+            try:
+                return self._backlog.popleft()
+            except IndexError:
+                return None
         try:
             offset = random.randrange(min(self._window, len(self._backlog)))
             self._backlog.rotate(-offset)
@@ -226,29 +280,35 @@ class FileStore:
             return None
         return name
 
+    def read(self, name: Name, folder: str) -> bytes:
+        """A file's whole content."""
+        return self.backend.read(folder, self._bare_name(name, folder))
+
     def ack(self, name: Name) -> None:
-        """Finish a claimed file: remove it from ``cur/`` (and the store's record of it)."""
-        bare = self._bare_name(name, "cur")
-        self.backend.remove("cur", bare)
-        self._forget(bare)
+        """Finish a claimed file: remove it from `cur/` (and the store's record of it)."""
+        self._ack(self._bare_name(name, "cur"))
+
+    def _ack(self, name: str) -> None:
+        self.backend.remove("cur", name)
+        self._forget(name)
 
     def release(self, name: Name) -> str:
-        """Give a claimed file back to ``new/``; return the folder it went to.
+        """Give a claimed file back to `new/`; return the folder it went to.
 
-        Counts an attempt; the ``max_attempts``-th goes to ``failed/`` instead.
+        Counts an attempt; the `max_attempts`-th goes to `failed/` instead.
         """
         return self._give_back(self._bare_name(name, "cur"), "released")
 
     def fail(self, name: Name, reason: str) -> None:
-        """Dead-letter a claimed file: move it to ``failed/``, keeping ``reason``.
+        """Dead-letter a claimed file: move it to `failed/`, keeping `reason`.
 
-        Read the reason back with :meth:`record`.
+        Read the reason back with `record`.
         """
         bare = self._bare_name(name, "cur")
         self._dead_letter(bare, Record(self.record(bare).attempts + 1, reason))
 
     def extend(self, name: Name) -> None:
-        """Renew the lease of a claimed file: :meth:`recover` measures its age from now."""
+        """Renew the lease of a claimed file: `recover` measures its age from now."""
         self.backend.touch("cur", self._bare_name(name, "cur"))
 
     def record(self, name: Name) -> Record:
@@ -262,12 +322,12 @@ class FileStore:
         return Record(int(fields["attempts"]), fields["reason"])
 
     def recover(self, older_than: float | timedelta) -> Recovery:
-        """Give back every claim whose lease is older than ``older_than`` (seconds).
+        """Give back every claim whose lease is older than `older_than` (seconds).
 
-        A claim's lease runs from its claim or its last :meth:`extend`. Each is
-        given back as by :meth:`release`, one by one, and checked again just
+        A claim's lease runs from its claim or its last `extend`. Each is
+        given back as by `release`, one by one, and checked again just
         before, so a claim renewed meanwhile is left alone. A file that a crash
-        left in both ``new/`` and ``cur/`` is resolved too.
+        left in both `new/` and `cur/` is resolved too.
         """
         limit = _seconds(older_than)
         returned: builtins.list[str] = []
@@ -285,10 +345,10 @@ class FileStore:
         return Recovery(returned, failed)
 
     def cleanup(self, older_than: float | timedelta = MAILDIR_TMP_AGE) -> builtins.list[str]:
-        """Remove files (and abandoned staging files) untouched in ``tmp/`` for ``older_than``.
+        """Remove files (and abandoned staging files) untouched in `tmp/` for `older_than`.
 
         Also drops the store's records of files that are in no folder any more.
-        Returns the names removed from ``tmp/``.
+        Returns the names removed from `tmp/`.
         """
         limit = _seconds(older_than)
         removed: builtins.list[str] = []
@@ -338,13 +398,30 @@ class FileStore:
         self.backend.replace(_RECORDS, name, data, durable=self.durable)
 
     def _forget(self, name: str) -> None:
-        with suppress(NotFound, NotPrepared):
-            self.backend.remove(_RECORDS, name)
+        if self._records_may_exist():
+            self.backend.discard(_RECORDS, name)
+
+    def _records_may_exist(self) -> bool:
+        """Whether the records folder exists: until a file is given back or fails, it does
+        not, and an ack need not try to delete a record. Checked at most once a second; a
+        record missed meanwhile is an orphan that `cleanup()` removes."""
+        if self._records_exist:
+            return True
+        now = time.monotonic()
+        if now - self._records_checked >= 1.0:
+            self._records_checked = now
+            try:
+                self.backend.exists(_RECORDS, "any")
+                self._records_exist = True
+            except NotPrepared:
+                pass
+        return self._records_exist
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._made_folders:
             self.backend.create_folders([folder])
             self._made_folders.add(folder)
+            self._records_exist |= folder == _RECORDS
 
     def _scan(self, folder: str) -> builtins.list[Entry]:
         with self._unless_not_made_yet(folder):
@@ -360,7 +437,7 @@ class FileStore:
 
     @contextmanager
     def _unless_not_made_yet(self, folder: str) -> Iterator[None]:
-        """Let ``NotPrepared`` pass for a folder made on first use, if the store is prepared."""
+        """Let `NotPrepared` pass for a folder made on first use, if the store is prepared."""
         try:
             yield
         except NotPrepared:
@@ -369,7 +446,7 @@ class FileStore:
             self.backend.list_names("new")  # raises NotPrepared if the whole store is
 
     def _bare_name(self, name: Name, folder: str) -> str:
-        """Validate ``name``; a full path must be of a file in ``folder`` of this store."""
+        """Validate `name`; a full path must be of a file in `folder` of this store."""
         _check_folder(folder)
         text = os.fspath(name) if isinstance(name, os.PathLike) else name
         if isinstance(text, str) and "/" in text:

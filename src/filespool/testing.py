@@ -1,6 +1,6 @@
 """The contract every backend must meet, as a pytest test class to subclass.
 
-A backend's whole test file can be::
+A backend's whole test file can be:
 
     import pytest
     from filespool import FileStore
@@ -14,9 +14,9 @@ A backend's whole test file can be::
 
 The fixture must give a store on a fresh location that has not been prepared.
 Storage that promises more adds the test cases for it, split by capability:
-:class:`AtomicMoveContract` (moves are atomic to readers) and
-:class:`MultiProcessContract` (processes share the store). Hooks such as
-:meth:`StoreContract.filesystem` let the suite look at the storage directly.
+`AtomicMoveContract` (moves are atomic to readers) and
+`MultiProcessContract` (processes share the store). Hooks such as
+`StoreContract.filesystem` let the suite look at the storage directly.
 Requires pytest and hypothesis.
 """
 
@@ -77,18 +77,18 @@ BAD_FOLDERS: list[Any] = ["", "TMP", "../tmp", "tmp/", ".records", "dead", ".", 
 
 
 def _everything_outside(fs: AbstractFileSystem, root: str) -> set[str]:
-    """Every path beside ``root`` under its parent, for checking nothing was written there."""
+    """Every path beside `root` under its parent, for checking nothing was written there."""
     parent = fs._parent(root)
     paths = set(fs.find(parent, withdirs=True))
     return {path for path in paths if path != root and not path.startswith(root + "/")}
 
 
 class StoreContract:
-    """The guarantees of :class:`~filespool.FileStore`, run against one backend.
+    """The guarantees of `FileStore`, run against one backend.
 
-    Subclass it in a test module and override :meth:`store`. Storage that
-    promises more also subclasses :class:`AtomicMoveContract` and
-    :class:`MultiProcessContract`, which add the tests for those promises.
+    Subclass it in a test module and override `store`. Storage that
+    promises more also subclasses `AtomicMoveContract` and
+    `MultiProcessContract`, which add the tests for those promises.
     """
 
     race_rounds: ClassVar[int] = 30
@@ -753,7 +753,7 @@ class MultiProcessContract(StoreContract):
 
 
 def claim_in_processes(store: FileStore, processes: int) -> list[str]:
-    """Drain ``new/`` with several processes claiming at once; return every name claimed."""
+    """Drain `new/` with several processes claiming at once; return every name claimed."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()

@@ -1,4 +1,4 @@
-"""Run a command for every file of a spool, with several workers: ``filespool work``."""
+"""Run a command for every file of a spool, with several workers: `filespool work`."""
 
 from __future__ import annotations
 
@@ -50,14 +50,14 @@ class Tally:
 
 
 class WorkPool:
-    """``jobs`` threads that each claim a file, run ``command`` on it, and finish the claim.
+    """`jobs` threads that each claim a file, run `command` on it, and finish the claim.
 
     Exit status 0 acks the file; anything else (a crash included) releases it for
-    another try, and the store's ``max_attempts``-th try dead-letters it. The
-    file's path replaces ``{}`` in the arguments (a local copy for remote
-    stores); without ``{}`` the file's content is the command's standard input.
-    The command also finds ``FILESPOOL_NAME`` and ``FILESPOOL_ATTEMPT`` in its
-    environment. Claims are renewed every third of ``lease`` while a command
+    another try, and the store's `max_attempts`-th try dead-letters it. The
+    file's path replaces `{}` in the arguments (a local copy for remote
+    stores); without `{}` the file's content is the command's standard input.
+    The command also finds `FILESPOOL_NAME` and `FILESPOOL_ATTEMPT` in its
+    environment. Claims are renewed every third of `lease` while a command
     runs, and expired claims (of workers that died) are recovered every half.
     """
 
@@ -84,7 +84,7 @@ class WorkPool:
         self._lock = threading.Lock()
 
     def run(self) -> Tally:
-        """Work until stopped (or, with ``once``, until no file is waiting or running)."""
+        """Work until stopped (or, with `once`, until no file is waiting or running)."""
         self.store.recover(older_than=self.lease)
         threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.jobs)]
         for thread in threads:

@@ -1,31 +1,34 @@
 """The interface every storage backend implements.
 
 A backend stores files in named folders under one root. It knows nothing of
-the maildir protocol: :class:`filespool.FileStore` validates every name and
+the maildir protocol: `filespool.FileStore` validates every name and
 folder before it calls a backend, so a backend may assume its arguments are
 safe bare names and folder names.
 
 What each method must guarantee is stated in its docstring; the contract
-suite in :mod:`filespool.testing` checks those guarantees.
+suite in `filespool.testing` checks those guarantees.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from filespool.errors import NotFound, NotPrepared
 
 STAGING_FOLDER = "tmp"
 """The folder in which a backend may stage data before publishing it.
 
-Staged entries must have names starting with ``.`` so that listings skip them.
+Staged entries must have names starting with `.` so that listings skip them.
 """
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A file in a folder, as :meth:`Backend.scan` reports it."""
+    """A file in a folder, as `Backend.scan` reports it."""
 
     name: str
     changed: float
@@ -36,22 +39,22 @@ class Entry:
 class Backend(ABC):
     """Storage for a spool: files in folders under one root.
 
-    Errors: raise :class:`~filespool.errors.NotFound` for a missing file,
-    :class:`~filespool.errors.AlreadyExists` for an occupied destination, and
-    :class:`~filespool.errors.NotPrepared` when the folder itself is missing.
+    Errors: raise `NotFound` for a missing file,
+    `AlreadyExists` for an occupied destination, and
+    `NotPrepared` when the folder itself is missing.
     """
 
     @property
     @abstractmethod
     def url(self) -> str:
-        """The canonical URL of the root, e.g. ``file:///var/spool/jobs``."""
+        """The canonical URL of the root, e.g. `file:///var/spool/jobs`."""
 
     @abstractmethod
     def folder_path(self, folder: str) -> str:
         """The full path of a folder: an OS path for local storage, else a URL.
 
-        ``folder_path(folder) + "/" + name`` must be openable by ``open()``
-        (local) or ``fsspec.open()`` (any other backend).
+        `folder_path(folder) + "/" + name` must be openable by `open()`
+        (local) or `fsspec.open()` (any other backend).
         """
 
     @abstractmethod
@@ -62,34 +65,46 @@ class Backend(ABC):
     def list_names(self, folder: str) -> list[str]:
         """Names of the regular files in a folder, in any order (subfolders excluded)."""
 
+    def iter_names(self, folder: str) -> Iterator[str]:
+        """`list_names`, lazily: a backend that can list in pages yields page by page.
+
+        Must raise `NotPrepared` at once for a missing folder.
+        """
+        return iter(self.list_names(folder))
+
     @abstractmethod
     def scan(self, folder: str) -> list[Entry]:
-        """Every regular file in a folder (dotfiles included) with its ``changed`` time."""
+        """Every regular file in a folder (dotfiles included) with its `changed` time."""
 
     @abstractmethod
     def info(self, folder: str, name: str) -> Entry:
-        """The file's entry, as :meth:`scan` would report it."""
+        """The file's entry, as `scan` would report it."""
 
     @abstractmethod
     def exists(self, folder: str, name: str) -> bool:
-        """Whether a regular file ``name`` exists in the folder."""
+        """Whether a regular file `name` exists in the folder."""
 
     @abstractmethod
     def create(self, folder: str, name: str) -> BinaryIO:
         """Create a file exclusively and return it open for binary writing.
 
-        An existing file raises ``AlreadyExists`` and is left untouched.
+        An existing file raises `AlreadyExists` and is left untouched.
         """
 
     @abstractmethod
     def open(self, folder: str, name: str) -> BinaryIO:
         """Open a file for binary reading."""
 
+    def read(self, folder: str, name: str) -> bytes:
+        """A file's whole content."""
+        with self.open(folder, name) as file:
+            return file.read()
+
     @abstractmethod
     def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        """Publish ``data`` as ``folder/name``: whole or not at all, never overwriting.
+        """Publish `data` as `folder/name`: whole or not at all, never overwriting.
 
-        With ``durable``, the file must survive a power loss once this returns.
+        With `durable`, the file must survive a power loss once this returns.
         """
 
     @abstractmethod
@@ -97,7 +112,7 @@ class Backend(ABC):
         """Move a file between folders atomically and exclusively.
 
         Of concurrent movers of one file exactly one succeeds. An existing
-        destination raises ``AlreadyExists``; a missing source ``NotFound``.
+        destination raises `AlreadyExists`; a missing source `NotFound`.
         """
 
     @abstractmethod
@@ -108,13 +123,18 @@ class Backend(ABC):
     def remove(self, folder: str, name: str) -> None:
         """Delete a file."""
 
+    def discard(self, folder: str, name: str) -> None:
+        """Delete a file if it is there; do nothing if it, or its folder, is not."""
+        with suppress(NotFound, NotPrepared):
+            self.remove(folder, name)
+
     @abstractmethod
     def touch(self, folder: str, name: str) -> None:
-        """Set the file's ``changed`` time to now (a claim's lease then runs from now)."""
+        """Set the file's `changed` time to now (a claim's lease then runs from now)."""
 
     @abstractmethod
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        """Publish ``data`` as ``folder/name`` whole, replacing any file of that name.
+        """Publish `data` as `folder/name` whole, replacing any file of that name.
 
         Only for the store's own records (attempt counts, failure reasons), never for
         spooled files.
@@ -122,5 +142,5 @@ class Backend(ABC):
 
     @abstractmethod
     def same_file(self, first: str, second: str, name: str) -> bool:
-        """Whether ``first/name`` and ``second/name`` are one file left in both folders
+        """Whether `first/name` and `second/name` are one file left in both folders
         by a move that was interrupted (a crash between its two steps)."""

@@ -47,18 +47,20 @@ _renameat2 = _load_renameat2()
 class LocalBackend(Backend):
     """Files in directories on a local (or network) POSIX filesystem.
 
-    A move is ``renameat2(RENAME_NOREPLACE)``: atomic, and refused with
-    ``EEXIST`` when the destination exists. Where the filesystem refuses the
-    flag (NFS, or a C library without ``renameat2``), a move is maildir's
-    ``link()`` + ``unlink()``: still exclusive (``link`` never replaces), but
+    A move is `renameat2(RENAME_NOREPLACE)`: atomic, and refused with
+    `EEXIST` when the destination exists. Where the filesystem refuses the
+    flag (NFS, or a C library without `renameat2`), a move is maildir's
+    `link()` + `unlink()`: still exclusive (`link` never replaces), but
     for an instant the file has both names, and a crash between the two calls
     leaves it in both folders. If neither method works a move raises
-    :class:`~filespool.errors.ExclusiveMoveUnavailable`; it never overwrites.
+    `ExclusiveMoveUnavailable`; it never overwrites.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self._use_renameat2 = _renameat2 is not None
+        # Folders seen to exist: a missing file in them is then NotFound without a stat.
+        self._present: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.root!r})"
@@ -71,7 +73,7 @@ class LocalBackend(Backend):
         return os.path.join(self.root, folder)
 
     def _path(self, folder: str, name: str) -> str:
-        return os.path.join(self.root, folder, name)
+        return f"{self.root}/{folder}/{name}"  # folder and name are validated: nothing to join
 
     def create_folders(self, folders: Iterable[str]) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -79,9 +81,12 @@ class LocalBackend(Backend):
             os.makedirs(self.folder_path(folder), exist_ok=True)
 
     def list_names(self, folder: str) -> list[str]:
-        with self._errors(folder), os.scandir(self.folder_path(folder)) as entries:
-            # is_file(follow_symlinks=False) is answered from d_type: no stat per entry.
-            return [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+        return list(self.iter_names(folder))
+
+    def iter_names(self, folder: str) -> Iterator[str]:
+        with self._errors(folder):
+            entries = os.scandir(self.folder_path(folder))  # here, so NotPrepared comes now
+        return _regular_files(entries)
 
     def scan(self, folder: str) -> list[Entry]:
         found = []
@@ -117,13 +122,26 @@ class LocalBackend(Backend):
             return open(self._path(folder, name), "xb")  # O_CREAT | O_EXCL: never truncates
 
     def open(self, folder: str, name: str) -> BinaryIO:
-        with self._errors(folder, name):
+        try:
             return open(self._path(folder, name), "rb")
+        except FileNotFoundError:
+            raise self._missing(folder, name) from None
+
+    def read(self, folder: str, name: str) -> bytes:
+        try:
+            descriptor = os.open(self._path(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self._missing(folder, name) from None
+        try:
+            chunks = []
+            while chunk := os.read(descriptor, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(descriptor)
+        return b"".join(chunks)
 
     def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        with self._errors(folder, name):
-            staged = self._stage(lambda file: file.write(data), durable=durable)
-        self._publish(staged, folder, name, durable=durable)
+        self._publish(self._stage_bytes(data, durable=durable), folder, name, durable=durable)
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
         with self._errors(source, name), open(self._path(source, name), "rb") as original:
@@ -134,16 +152,23 @@ class LocalBackend(Backend):
         self._move_path(self._path(source, name), destination, name, source_folder=source)
 
     def remove(self, folder: str, name: str) -> None:
-        with self._errors(folder, name):
+        try:
             os.unlink(self._path(folder, name))
+        except FileNotFoundError:
+            raise self._missing(folder, name) from None
+
+    def discard(self, folder: str, name: str) -> None:
+        try:  # noqa: SIM105 - on every ack: a bare try is cheaper than contextlib.suppress
+            os.unlink(self._path(folder, name))
+        except FileNotFoundError:
+            pass  # no file, or no folder: nothing to do
 
     def touch(self, folder: str, name: str) -> None:
         with self._errors(folder, name):
             os.utime(self._path(folder, name))  # the kernel sets ctime to now as well
 
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        with self._errors(folder, name):
-            staged = self._stage(lambda file: file.write(data), durable=durable)
+        staged = self._stage_bytes(data, durable=durable)
         try:
             with self._errors(folder, name):
                 os.replace(staged, self._path(folder, name))
@@ -174,6 +199,26 @@ class LocalBackend(Backend):
             raise
         return path
 
+    def _stage_bytes(self, data: bytes, *, durable: bool) -> str:
+        """`_stage` for bytes, with plain system calls: deliveries are mostly this."""
+        path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:
+            raise self._missing(STAGING_FOLDER, os.path.basename(path)) from None
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+            if durable:
+                os.fsync(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            os.unlink(path)
+            raise
+        os.close(descriptor)
+        return path
+
     def _publish(self, staged: str, folder: str, name: str, *, durable: bool) -> None:
         try:
             self._move_path(staged, folder, name, source_folder=STAGING_FOLDER)
@@ -185,25 +230,24 @@ class LocalBackend(Backend):
 
     def _move_path(self, source: str, folder: str, name: str, *, source_folder: str) -> None:
         target = self._path(folder, name)
-        with self._errors(source_folder, name, destination=folder):
-            if self._use_renameat2 and self._rename_noreplace(source, target):
+        if self._use_renameat2:
+            # Inline, with no context manager: a claim is mostly this call, and so is a lost race.
+            assert _renameat2 is not None
+            if not _renameat2(
+                _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+            ):
                 return
-            self._link_then_unlink(source, target)
-
-    def _rename_noreplace(self, source: str, target: str) -> bool:
-        """Try renameat2(RENAME_NOREPLACE); False if this filesystem refuses the flag."""
-        assert _renameat2 is not None
-        result = _renameat2(
-            _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
-        )
-        if result == 0:
-            return True
-        code = ctypes.get_errno()
-        if code in _UNSUPPORTED:
+            code = ctypes.get_errno()
+            if code == errno.ENOENT:
+                raise self._missing(source_folder, name, destination=folder)
+            if code == errno.EEXIST:
+                raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+            if code not in _UNSUPPORTED:
+                raise OSError(code, os.strerror(code), source, None, target)
             # NFS and some FUSE filesystems reject every flag; remember, and use links.
             self._use_renameat2 = False
-            return False
-        raise OSError(code, os.strerror(code), source, None, target)
+        with self._errors(source_folder, name, destination=folder):
+            self._link_then_unlink(source, target)
 
     @staticmethod
     def _link_then_unlink(source: str, target: str) -> None:
@@ -225,27 +269,43 @@ class LocalBackend(Backend):
     def _errors(
         self, folder: str, name: str | None = None, *, destination: str | None = None
     ) -> Iterator[None]:
-        """Translate OSError into filespool's errors for an operation on ``folder/name``."""
+        """Translate OSError into filespool's errors for an operation on `folder/name`."""
         try:
             yield
         except FileNotFoundError:
-            self._check_prepared(folder)
-            if destination is not None:
-                self._check_prepared(destination)
             if name is None:
+                self._check_prepared(folder)
                 raise
-            raise NotFound(f"no file {name!r} in {folder}/ of {self.url}") from None
+            raise self._missing(folder, name, destination=destination) from None
         except FileExistsError:
             where = destination if destination is not None else folder
             raise AlreadyExists(
                 f"a file {name!r} already exists in {where}/ of {self.url}"
             ) from None
 
+    def _missing(self, folder: str, name: str, *, destination: str | None = None) -> NotFound:
+        """The error for a missing `folder/name`; raises NotPrepared if a folder is missing."""
+        self._check_prepared(folder)
+        if destination is not None:
+            self._check_prepared(destination)
+        return NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+
     def _check_prepared(self, folder: str) -> None:
+        if folder in self._present:
+            return
         if not os.path.isdir(self.folder_path(folder)):
             raise NotPrepared(
                 f"folder {folder}/ of {self.url} does not exist; call prepare() first"
             )
+        self._present.add(folder)
+
+
+def _regular_files(entries: Any) -> Iterator[str]:
+    with entries:
+        for entry in entries:
+            # is_file(follow_symlinks=False) is answered from d_type: no stat per entry.
+            if entry.is_file(follow_symlinks=False):
+                yield entry.name
 
 
 def _fsync_directory(path: str) -> None:
@@ -258,7 +318,7 @@ def _fsync_directory(path: str) -> None:
 
 
 def open_local(location: str, **storage_options: Any) -> LocalBackend:
-    """The factory for plain paths and ``file://`` URLs (local storage takes no options)."""
+    """The factory for plain paths and `file://` URLs (local storage takes no options)."""
     if storage_options:
         raise TypeError(f"local storage takes no storage options; got {sorted(storage_options)}")
     return LocalBackend(location.split("://", 1)[1] if "://" in location else location)

@@ -1,4 +1,4 @@
-"""The in-memory backend, on fsspec's process-wide ``MemoryFileSystem``."""
+"""The in-memory backend, on fsspec's process-wide `MemoryFileSystem`."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ _STORE_LOCK = threading.RLock()
 class MemoryBackend(Backend):
     """Files in fsspec's in-memory filesystem, for tests and single-process use.
 
-    Stores of the same name in one process share their files; ``fsspec.open()``
-    of a path from ``FileStore.list()`` reads them. Every operation is atomic
+    Stores of the same name in one process share their files; `fsspec.open()`
+    of a path from `FileStore.list()` reads them. Every operation is atomic
     with respect to every other filespool operation in the process. Nothing is
     shared between processes and nothing survives the process.
     """
@@ -170,7 +170,7 @@ def _now() -> datetime:
 
 
 def open_memory(url: str, **storage_options: Any) -> MemoryBackend:
-    """The factory for ``memory://name`` URLs (memory storage takes no options)."""
+    """The factory for `memory://name` URLs (memory storage takes no options)."""
     if storage_options:
         raise TypeError(f"memory storage takes no storage options; got {sorted(storage_options)}")
     return MemoryBackend(url.split("://", 1)[1])
