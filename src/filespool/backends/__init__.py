@@ -1,15 +1,15 @@
 """Storage backends, and the registry that picks one by URL scheme.
 
-Built in: plain paths and ``file://`` (:class:`~filespool.backends.local.LocalBackend`)
-and ``memory://`` (:class:`~filespool.backends.memory.MemoryBackend`). A third
-party adds a scheme with :func:`register`, or without any import through the
-entry-point group ``filespool.backends``, for example in its ``pyproject.toml``::
+Built in: plain paths and `file://` (`LocalBackend`)
+and `memory://` (`MemoryBackend`). A third
+party adds a scheme with `register`, or without any import through the
+entry-point group `filespool.backends`, for example in its `pyproject.toml`:
 
     [project.entry-points."filespool.backends"]
     myscheme = "mypackage.spool:open_backend"
 
-A factory is called as ``factory(url, **storage_options)`` and returns a
-:class:`~filespool.backends.base.Backend`.
+A factory is called as `factory(url, **storage_options)` and returns a
+`Backend`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from filespool.backends.base import Backend
 from filespool.errors import UnsupportedLocation
 
 BackendFactory = Callable[..., Backend]
-"""``factory(url: str, **storage_options) -> Backend``."""
+"""`factory(url: str, **storage_options) -> Backend`."""
 
 ENTRY_POINT_GROUP = "filespool.backends"
 
@@ -32,12 +32,13 @@ ENTRY_POINT_GROUP = "filespool.backends"
 _BUILTIN: dict[str, str] = {
     "file": "filespool.backends.local:open_local",
     "memory": "filespool.backends.memory:open_memory",
+    "s3": "filespool.backends.s3:open_s3",
 }
 _registered: dict[str, BackendFactory] = {}
 
 
 def register(scheme: str, factory: BackendFactory) -> None:
-    """Make ``FileStore("<scheme>://...")`` use ``factory``; replaces an earlier registration."""
+    """Make `FileStore("<scheme>://...")` use `factory`; replaces an earlier registration."""
     _registered[_normal_scheme(scheme)] = factory
 
 
@@ -50,7 +51,7 @@ def schemes() -> list[str]:
 
 
 def open_backend(location: str | os.PathLike[str], **storage_options: Any) -> Backend:
-    """Return the backend for a location: a local path or a ``scheme://...`` URL."""
+    """Return the backend for a location: a local path or a `scheme://...` URL."""
     if isinstance(location, os.PathLike) or "://" not in location:
         return _factory("file")(os.fspath(location), **storage_options)
     scheme = location.split("://", 1)[0]

@@ -1,0 +1,864 @@
+"""The S3 backend: folders are key prefixes, a claim is a conditional copy then a delete.
+
+S3 has no rename. A move is a copy that refuses an existing destination
+(`If-None-Match: *`) followed by a delete of the source, so of several
+movers of one file exactly one wins. Servers that ignore the condition on
+CopyObject get the same guarantee from a multipart copy, whose
+CompleteMultipartUpload takes the condition. Which one runs is found out once
+per backend by a probe (`claim_method="auto"`), or forced with the storage
+option `claim_method`. See `docs/s3.md`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, BinaryIO, NoReturn
+
+import fsspec.asyn
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+from s3fs import S3FileSystem
+
+from filespool.backends.base import Backend, Entry
+from filespool.errors import (
+    AlreadyExists,
+    ExclusiveMoveUnavailable,
+    FileStoreError,
+    NotFound,
+    NotPrepared,
+)
+
+CLAIM_METHODS = ("auto", "copy", "multipart")
+MAX_COPY_SIZE = 5 * 1024**3
+"""The largest object one CopyObject may copy; larger ones are copied in parts."""
+DEFAULT_PART_SIZE = 512 * 1024**2
+MIN_PART_SIZE = 5 * 1024**2
+_MAX_PARTS = 10_000
+_ATTEMPTS = 5  # rounds for 409 conflicts, lost responses and stale ETags
+_KNOWN_VERSIONS = 10_000  # ETags and sizes remembered from listings and own writes
+
+# User metadata (S3 returns the keys lowercased).
+_TOKEN = "filespool-token"  # unique per write: tells our own write from another's
+_CHANGED = "filespool-changed"  # when the file arrived or was touched, time.time()
+_MOVED_FROM = "filespool-moved-from"  # "<source folder>/<source ETag>" of a move
+
+# What each condition needs from the installed botocore model: a parameter it
+# does not know would be refused (the raw client validates), never sent silently.
+_REQUIRED_PARAMETERS = {
+    "PutObject": ("IfNoneMatch", "IfMatch"),
+    "CopyObject": ("IfNoneMatch", "CopySourceIfMatch"),
+    "CompleteMultipartUpload": ("IfNoneMatch",),
+    "DeleteObject": ("IfMatch",),
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+}
+
+
+class S3StorageError(FileStoreError, OSError):
+    """The S3 storage cannot be used as configured."""
+
+
+class S3EndpointUnreachable(S3StorageError):
+    """No S3 server answers at the endpoint (wrong URL, server down, connection refused)."""
+
+
+class S3BucketMissing(S3StorageError):
+    """The bucket does not exist; filespool never creates buckets."""
+
+
+class S3AccessDenied(S3StorageError):
+    """The server refused the credentials, or they lack a permission."""
+
+
+class S3RequestFailed(S3StorageError, ClientError):  # type: ignore[misc]
+    """S3 refused a request for a reason filespool has no better error for.
+
+    Also a botocore `ClientError`, with its `response`.
+    """
+
+    def __init__(self, error: ClientError) -> None:
+        ClientError.__init__(self, error.response, error.operation_name)
+
+
+class S3Unsupported(S3StorageError):
+    """The installed botocore cannot send the conditional requests filespool needs."""
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What a move needs to know of its source: its ETag and its size."""
+
+    etag: str
+    size: int
+
+
+class _Ambiguous(Exception):
+    """A conditional write may or may not have been applied (its response was lost)."""
+
+
+class S3Backend(Backend):
+    """Files as objects under `s3://bucket/prefix`: `{prefix}/{folder}/{name}`.
+
+    Storage options are s3fs's (`endpoint_url`, `key`, `secret`, `profile`,
+    `client_kwargs`, ...), plus `claim_method` (`"auto"`, `"copy"` or
+    `"multipart"`), `part_size` and `max_copy_size` (objects larger than
+    that are copied in ranged parts). Safe to share between threads; a pickled
+    copy builds its own client.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        claim_method: str = "auto",
+        part_size: int = DEFAULT_PART_SIZE,
+        max_copy_size: int = MAX_COPY_SIZE,
+        **storage_options: Any,
+    ) -> None:
+        if not bucket:
+            raise ValueError("an S3 store needs a bucket, as in s3://bucket/prefix")
+        if claim_method not in CLAIM_METHODS:
+            raise ValueError(
+                f"claim_method must be one of {', '.join(CLAIM_METHODS)}, not {claim_method!r}"
+            )
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} (5 MiB), not {part_size}")
+        if not 0 < max_copy_size <= MAX_COPY_SIZE:
+            raise ValueError(f"max_copy_size must be between 1 and {MAX_COPY_SIZE}")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.claim_method = claim_method
+        self.part_size = part_size
+        self.max_copy_size = max_copy_size
+        self.storage_options = storage_options
+        # Learnt from the server once, and kept by pickled copies.
+        self._method: str | None = None if claim_method == "auto" else claim_method
+        self._delete_if_match = True
+        self._look_before_copying = False
+        self._setup()
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._fs: S3FileSystem | None = None
+        self._fs_pid = 0
+        self._prepared: set[str] = set()
+        self._versions: OrderedDict[tuple[str, str], _Version] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for unpicklable_or_cache in (
+            "_lock",
+            "_probe_lock",
+            "_fs",
+            "_fs_pid",
+            "_prepared",
+            "_versions",
+        ):
+            del state[unpicklable_or_cache]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def folder_path(self, folder: str) -> str:
+        return f"{self.url}/{folder}"
+
+    @property
+    def fs(self) -> S3FileSystem:
+        """This process's s3fs filesystem (built on first use, and again after a fork)."""
+        with self._lock:
+            if self._fs is None or self._fs_pid != os.getpid():
+                options = {**self.storage_options}
+                options.update(use_listings_cache=False, skip_instance_cache=True)
+                fs = S3FileSystem(**options)
+                _check_conditions_supported(fs.s3)
+                self._fs, self._fs_pid = fs, os.getpid()
+            return self._fs
+
+    @property
+    def client(self) -> Any:
+        """The raw aiobotocore S3 client (for event hooks; its methods are coroutines)."""
+        return self.fs.s3
+
+    @property
+    def method(self) -> str:
+        """The claim method in use, `"copy"` or `"multipart"`; probes the server once."""
+        with self._probe_lock:
+            if self._method is None:
+                self._method = self._probe()
+            return self._method
+
+    # -- keys ----------------------------------------------------------------
+
+    def _folder_key(self, folder: str) -> str:
+        return f"{self.prefix}/{folder}/" if self.prefix else f"{folder}/"
+
+    def _key(self, folder: str, name: str) -> str:
+        return self._folder_key(folder) + name
+
+    # -- folders ---------------------------------------------------------------
+
+    def create_folders(self, folders: Iterable[str]) -> None:
+        for folder in folders:
+            # A zero-byte marker per folder; writing it proves the bucket is reachable and
+            # writable. A plain PUT: rewriting an existing marker is harmless.
+            self._call("put_object", Key=self._folder_key(folder), Body=b"")
+            with self._lock:
+                self._prepared.add(folder)
+
+    def _check_prepared(self, folder: str) -> None:
+        """Raise NotPrepared unless the folder's marker exists (once seen, remembered)."""
+        with self._lock:
+            if folder in self._prepared:
+                return
+        if self._head(self._folder_key(folder)) is None:
+            raise NotPrepared(
+                f"folder {folder}/ of {self.url} does not exist; call prepare() first"
+            )
+        with self._lock:
+            self._prepared.add(folder)
+
+    def _not_found(self, folder: str, name: str) -> NoReturn:
+        self._check_prepared(folder)
+        raise NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+
+    # -- listing -----------------------------------------------------------------
+
+    def list_names(self, folder: str) -> list[str]:
+        return [entry.name for entry in self.scan(folder)]
+
+    def iter_names(self, folder: str) -> Iterator[str]:
+        pages = self._pages(folder)
+        first = next(pages)  # NotPrepared at once, not at the first name
+        return (entry.name for page in itertools.chain([first], pages) for entry in page)
+
+    def scan(self, folder: str) -> list[Entry]:
+        return [entry for page in self._pages(folder) for entry in page]
+
+    def _pages(self, folder: str) -> Iterator[list[Entry]]:
+        """The folder's files, a page (up to 1,000) at a time, straight from the server."""
+        prefix = self._folder_key(folder)
+        token: str | None = None
+        first = True
+        while True:
+            page = self._call(
+                "list_objects_v2",
+                Prefix=prefix,
+                Delimiter="/",  # subfolders come back as CommonPrefixes, not as files
+                **({"ContinuationToken": token} if token else {}),
+            )
+            entries = []
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(prefix) :]
+                if not name:  # the folder's marker: the folder exists
+                    with self._lock:
+                        self._prepared.add(folder)
+                    continue
+                self._know(folder, name, _Version(item["ETag"], int(item["Size"])))
+                entries.append(Entry(name, _timestamp(item["LastModified"])))
+            if first and not entries:
+                self._check_prepared(folder)
+            first = False
+            yield entries
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def info(self, folder: str, name: str) -> Entry:
+        head = self._head(self._key(folder, name))
+        if head is None:
+            self._not_found(folder, name)
+        return Entry(name, _changed(head))
+
+    def exists(self, folder: str, name: str) -> bool:
+        if self._head(self._key(folder, name)) is not None:
+            return True
+        self._check_prepared(folder)
+        return False
+
+    # -- reading and writing -------------------------------------------------------
+
+    def open(self, folder: str, name: str) -> BinaryIO:
+        try:
+            data = self._sync(self._get_object, self.client, self._key(folder, name))
+        except ClientError as error:
+            if _status(error) == 404:
+                self._not_found(folder, name)
+            raise
+        return io.BytesIO(data)
+
+    async def _get_object(self, client: Any, key: str, **params: Any) -> bytes:
+        response = await client.get_object(Bucket=self.bucket, Key=key, **params)
+        async with response["Body"] as body:
+            data: bytes = await body.read()
+        return data
+
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        # One PUT straight into the folder: S3 shows an object whole or not at all, and
+        # once the PUT returns it is durable.
+        self._check_prepared(folder)
+        key = self._key(folder, name)
+        version = self._create_exclusive(
+            folder,
+            name,
+            lambda metadata: _put_version(
+                self._call("put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"),
+                len(data),
+            ),
+            _fresh_metadata(),
+        )
+        self._know(folder, name, version)
+
+    def create(self, folder: str, name: str) -> BinaryIO:
+        self._check_prepared(folder)
+        key = self._key(folder, name)
+        # An empty placeholder reserves the name at create time; the content replaces
+        # exactly that placeholder (If-Match) on close.
+        placeholder = self._create_exclusive(
+            folder,
+            name,
+            lambda metadata: _put_version(
+                self._call("put_object", Key=key, Body=b"", Metadata=metadata, IfNoneMatch="*"),
+                0,
+            ),
+            _fresh_metadata(),
+        )
+        return _UploadOnClose(lambda data: self._finish_create(folder, name, placeholder, data))
+
+    def _finish_create(self, folder: str, name: str, placeholder: _Version, data: bytes) -> None:
+        key = self._key(folder, name)
+        metadata = _fresh_metadata()
+        try:
+            response = self._call(
+                "put_object", Key=key, Body=data, Metadata=metadata, IfMatch=placeholder.etag
+            )
+        except ClientError as error:
+            status = _status(error)
+            if status == 404:
+                self._not_found(folder, name)
+            if status != 412:
+                raise
+            head = self._head(key)  # a retried PUT whose first answer was lost sees its own write
+            if head is None or head.get("Metadata", {}).get(_TOKEN) != metadata[_TOKEN]:
+                raise AlreadyExists(
+                    f"{name!r} in {folder}/ of {self.url} was replaced while being written"
+                ) from None
+            self._know(folder, name, _Version(head["ETag"], len(data)))
+            return
+        self._know(folder, name, _put_version(response, len(data)))
+
+    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        self._check_prepared(folder)
+        response = self._call(
+            "put_object", Key=self._key(folder, name), Body=data, Metadata=_fresh_metadata()
+        )
+        self._know(folder, name, _put_version(response, len(data)))
+
+    # -- moving and copying ------------------------------------------------------------
+
+    def move(self, source: str, name: str, destination: str) -> None:
+        self._copy(source, name, destination, moving=True)
+
+    def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
+        self._copy(source, name, destination, moving=False)
+
+    def _copy(self, source: str, name: str, destination: str, *, moving: bool) -> None:
+        self._check_prepared(destination)
+        source_key, key = self._key(source, name), self._key(destination, name)
+        method = self.method
+        if self._look_before_copying and self._head(key) is not None:
+            # Narrows, but cannot close, the window in which a refused copy would damage
+            # the destination on such a server; claimers racing for one file copy the same
+            # bytes, so that race does no harm.
+            raise AlreadyExists(f"a file {name!r} already exists in {destination}/ of {self.url}")
+        for attempt in range(2):
+            version = self._version(source, name)
+            metadata = _fresh_metadata()
+            if moving:
+                metadata[_MOVED_FROM] = f"{source}/{_bare_etag(version.etag)}"
+            write = partial(
+                self._copy_object, source_key, key, version, exclusive=True, method=method
+            )
+            try:
+                copied = self._create_exclusive(destination, name, write, metadata)
+            except _SourceChanged:
+                self._forget(source, name)
+                if attempt == 0:
+                    continue  # the ETag we knew was stale: look again, once
+                raise NotFound(f"{name!r} in {source}/ of {self.url} changed or went") from None
+            except NotFound:
+                self._forget(source, name)
+                self._not_found(source, name)
+            self._know(destination, name, copied)
+            if moving:
+                self._forget(source, name)
+                self._delete_moved_source(source_key, version.etag)
+            return
+
+    def _version(self, folder: str, name: str) -> _Version:
+        """The file's ETag and size: remembered from a listing or our own write, else a HEAD."""
+        with self._lock:
+            known = self._versions.get((folder, name))
+        if known is not None:
+            return known
+        head = self._head(self._key(folder, name))
+        if head is None:
+            self._not_found(folder, name)
+        version = _Version(head["ETag"], int(head["ContentLength"]))
+        self._know(folder, name, version)
+        return version
+
+    def _copy_object(
+        self,
+        source_key: str,
+        key: str,
+        version: _Version,
+        metadata: dict[str, str],
+        *,
+        exclusive: bool,
+        method: str,
+    ) -> _Version:
+        """Copy one object onto `key` with new metadata; `exclusive`: only if `key` is free.
+
+        Raises ClientError as the server answers; a source that is gone or no longer
+        has `version` raises NotFound or _SourceChanged.
+        """
+        if method == "multipart" or version.size > self.max_copy_size:
+            return self._multipart_copy(source_key, key, version, metadata, exclusive=exclusive)
+        conditions = {"IfNoneMatch": "*"} if exclusive else {}
+        try:
+            response = self._call(
+                "copy_object",
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": source_key},
+                CopySourceIfMatch=version.etag,
+                MetadataDirective="REPLACE",
+                Metadata=metadata,
+                **conditions,
+            )
+        except ClientError as error:
+            _raise_for_source(error)
+            raise
+        return _Version(response["CopyObjectResult"]["ETag"], version.size)
+
+    def _multipart_copy(
+        self,
+        source_key: str,
+        key: str,
+        version: _Version,
+        metadata: dict[str, str],
+        *,
+        exclusive: bool,
+    ) -> _Version:
+        """Copy in parts (ranged for large objects); the condition goes on the completion."""
+        upload = self._call("create_multipart_upload", Key=key, Metadata=metadata)["UploadId"]
+        try:
+            parts = []
+            for number, byte_range in enumerate(self._ranges(version.size), start=1):
+                try:
+                    part = self._call(
+                        "upload_part_copy",
+                        Key=key,
+                        UploadId=upload,
+                        PartNumber=number,
+                        CopySource={"Bucket": self.bucket, "Key": source_key},
+                        CopySourceIfMatch=version.etag,
+                        **({"CopySourceRange": byte_range} if byte_range else {}),
+                    )
+                except ClientError as error:
+                    _raise_for_source(error)
+                    raise
+                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+            try:
+                done = self._call(
+                    "complete_multipart_upload",
+                    Key=key,
+                    UploadId=upload,
+                    MultipartUpload={"Parts": parts},
+                    **({"IfNoneMatch": "*"} if exclusive else {}),
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    # Completed already: a retry after the first answer was lost.
+                    raise _Ambiguous() from error
+                raise
+        except BaseException:
+            with suppress(Exception):
+                self._call("abort_multipart_upload", Key=key, UploadId=upload)
+            raise
+        return _Version(done["ETag"], version.size)
+
+    def _ranges(self, size: int) -> list[str | None]:
+        """The source byte range of each part; one unranged part if it fits (0 bytes too)."""
+        part = max(self.part_size, -(-size // _MAX_PARTS))
+        if size <= part:
+            return [None]
+        return [f"bytes={start}-{min(start + part, size) - 1}" for start in range(0, size, part)]
+
+    def _create_exclusive(
+        self,
+        folder: str,
+        name: str,
+        write: Callable[[dict[str, str]], _Version],
+        metadata: dict[str, str],
+    ) -> _Version:
+        """Run a create-only write of `folder/name`, telling our own write from another's.
+
+        A 412 or a lost response is resolved by reading the object's token: ours means
+        the write landed (the answer was lost and the SDK's retry hit our own object).
+        """
+        key = self._key(folder, name)
+        for attempt in range(_ATTEMPTS):
+            try:
+                return write(metadata)
+            except ClientError as error:
+                status = _status(error)
+                if status == 409:  # ConditionalRequestConflict: a concurrent write interfered
+                    _backoff(attempt)
+                    continue
+                if status != 412:
+                    raise
+            except (_Ambiguous, HTTPClientError):
+                pass  # timed out or connection dropped after botocore's own retries
+            head = self._head(key)
+            if head is not None:
+                if head.get("Metadata", {}).get(_TOKEN) == metadata[_TOKEN]:
+                    return _Version(head["ETag"], int(head["ContentLength"]))
+                raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+            _backoff(attempt)  # neither ours nor another's: not applied, try again
+        raise S3StorageError(
+            f"could not write {name!r} into {folder}/ of {self.url} after {_ATTEMPTS} attempts"
+        )
+
+    def _delete_moved_source(self, key: str, etag: str) -> None:
+        """Delete the source of a move, only if it is still the object we copied."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                if self._delete_if_match:
+                    self._call("delete_object", Key=key, IfMatch=etag)
+                else:
+                    self._call("delete_object", Key=key)
+                return
+            except ClientError as error:
+                status = _status(error)
+                if status == 501:  # NotImplemented: this server has no conditional delete
+                    self._delete_if_match = False
+                    continue
+                if status in (404, 412):
+                    return  # gone already, or replaced by a newer object that is not ours
+                if status != 409:
+                    raise
+            _backoff(attempt)
+        raise S3StorageError(f"could not delete {key!r} in {self.url} after a move")
+
+    # -- removing and touching -------------------------------------------------------------
+
+    def remove(self, folder: str, name: str) -> None:
+        key = self._key(folder, name)
+        for attempt in range(_ATTEMPTS):
+            if not self._delete_if_match:
+                # No conditional delete here, and a plain one answers 204 for a missing key
+                # too: the HEAD is what tells NotFound.
+                self._forget(folder, name)
+                if self._head(key) is None:
+                    self._not_found(folder, name)
+                self._call("delete_object", Key=key)
+                return
+            version = self._version(folder, name)  # remembered, else a HEAD; NotFound if none
+            self._forget(folder, name)
+            try:
+                self._call("delete_object", Key=key, IfMatch=version.etag)
+            except ClientError as error:
+                status = _status(error)
+                if status == 404:
+                    self._not_found(folder, name)
+                if status == 501:  # NotImplemented: no conditional delete on this server
+                    self._delete_if_match = False
+                    continue
+                if status not in (409, 412):
+                    raise
+                _backoff(attempt)  # 412: replaced since we knew its ETag; look again
+                continue
+            return
+        raise S3StorageError(f"could not remove {name!r} from {folder}/ of {self.url}")
+
+    def touch(self, folder: str, name: str) -> None:
+        key = self._key(folder, name)
+        for attempt in range(_ATTEMPTS):
+            head = self._head(key)
+            if head is None:
+                self._not_found(folder, name)
+            version = _Version(head["ETag"], int(head["ContentLength"]))
+            metadata = {**head.get("Metadata", {}), _CHANGED: _now()}
+            try:
+                # A copy onto itself with new metadata: LastModified and our time are now.
+                copied = self._copy_object(
+                    key, key, version, metadata, exclusive=False, method="copy"
+                )
+            except (_SourceChanged, NotFound):
+                _backoff(attempt)
+                continue
+            self._know(folder, name, copied)
+            return
+        raise S3StorageError(f"could not touch {name!r} in {folder}/ of {self.url}")
+
+    def same_file(self, first: str, second: str, name: str) -> bool:
+        one, other = self._head(self._key(first, name)), self._head(self._key(second, name))
+        if one is None or other is None:
+            return False
+        return _moved_from(one, second, other) or _moved_from(other, first, one)
+
+    # -- the claim method ---------------------------------------------------------------------
+
+    def _probe(self) -> str:
+        """Find a claim method that refuses an existing destination on this server.
+
+        A conditional CopyObject onto an existing key must answer 412; where it
+        overwrites instead (moto), a multipart copy with a conditional completion must.
+        """
+        base = f"{self._folder_key('.probe')}{uuid.uuid4().hex}"
+        source, taken = f"{base}-source", f"{base}-taken"
+        self._call("put_object", Key=source, Body=b"source")
+        self._call("put_object", Key=taken, Body=b"taken")
+        try:
+            version = self._version_of(source)
+            for method in ("copy", "multipart"):
+                try:
+                    self._copy_object(
+                        source, taken, version, _fresh_metadata(), exclusive=True, method=method
+                    )
+                except ClientError as error:
+                    if _status(error) == 412:
+                        # LocalStack 2026.3 stores the copied bytes before it checks the
+                        # condition: the refused copy leaves the destination with the source's
+                        # bytes. Where that happens, look before every copy.
+                        # (A ranged GET: a full one would get more bytes than announced. A
+                        # checksum that no longer matches the bytes is the same finding.)
+                        try:
+                            kept = self._sync(
+                                self._get_object, self.client, taken, Range="bytes=0-4"
+                            )
+                        except BotoCoreError:
+                            kept = b""
+                        self._look_before_copying = kept != b"taken"
+                        return method
+                    if _status(error) not in (400, 501):  # 400/501: the header is not supported
+                        raise
+        finally:
+            for key in (source, taken):
+                with suppress(Exception):
+                    self._call("delete_object", Key=key)
+        raise ExclusiveMoveUnavailable(
+            f"the S3 server behind {self.url} overwrites an existing object both on a "
+            "conditional CopyObject and on a conditional CompleteMultipartUpload, so filespool "
+            "cannot move files there without risking two claims of one file"
+        )
+
+    def _version_of(self, key: str) -> _Version:
+        head = self._head(key)
+        assert head is not None, key
+        return _Version(head["ETag"], int(head["ContentLength"]))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _know(self, folder: str, name: str, version: _Version) -> None:
+        with self._lock:
+            self._versions[(folder, name)] = version
+            self._versions.move_to_end((folder, name))
+            while len(self._versions) > _KNOWN_VERSIONS:
+                self._versions.popitem(last=False)
+
+    def _forget(self, folder: str, name: str) -> None:
+        with self._lock:
+            self._versions.pop((folder, name), None)
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD response, or None if there is no such key."""
+        try:
+            head: dict[str, Any] = self._call("head_object", Key=key)
+        except ClientError as error:
+            if _status(error) == 404:
+                return None
+            raise
+        return head
+
+    def _call(self, operation: str, **params: Any) -> Any:
+        """Call the raw client (which validates every parameter) on this bucket."""
+        return self._sync(getattr(self.client, operation), Bucket=self.bucket, **params)
+
+    def _sync(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a client coroutine; failures of the setup (not of one file) become clear errors."""
+        endpoint = self.storage_options.get("endpoint_url") or "the default AWS endpoint"
+        try:
+            return fsspec.asyn.sync(self.fs.loop, function, *args, **kwargs)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code == "NoSuchBucket":
+                raise S3BucketMissing(
+                    f"the bucket {self.bucket!r} does not exist at {endpoint}; filespool never "
+                    "creates buckets: create it first"
+                ) from error
+            if code in _CREDENTIAL_CODES:
+                raise S3AccessDenied(
+                    f"{endpoint} refused access to bucket {self.bucket!r} ({code}): check the "
+                    "key and secret (or profile), and that they may get, put, delete and list "
+                    f"objects under {self.url}"
+                ) from error
+            # Still a ClientError to the code here that reads its status; a FileStoreError
+            # (and OSError) to the caller.
+            raise S3RequestFailed(error) from error
+        except EndpointConnectionError as error:
+            raise S3EndpointUnreachable(
+                f"cannot connect to the S3 endpoint {endpoint} for {self.url}: {error}"
+            ) from error
+        except NoCredentialsError as error:
+            raise S3AccessDenied(
+                f"no credentials for {self.url}: pass key= and secret=, or a profile"
+            ) from error
+
+
+class _SourceChanged(Exception):
+    """The source of a copy no longer has the ETag we copy by (412 on the source condition)."""
+
+
+class _UploadOnClose(io.BytesIO):
+    """A file that collects what is written and uploads it when closed."""
+
+    def __init__(self, upload: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self._upload: Callable[[bytes], None] | None = upload
+
+    def close(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None and not self.closed:
+            try:
+                upload(self.getvalue())
+            finally:
+                super().close()
+            return
+        super().close()
+
+
+def _fresh_metadata() -> dict[str, str]:
+    """User metadata for a new write: a unique token and the time."""
+    return {_TOKEN: uuid.uuid4().hex, _CHANGED: _now()}
+
+
+def _check_conditions_supported(client: Any) -> None:
+    model = client.meta.service_model
+    for operation, parameters in _REQUIRED_PARAMETERS.items():
+        members = model.operation_model(operation).input_shape.members
+        missing = [parameter for parameter in parameters if parameter not in members]
+        if missing:
+            import botocore
+
+            raise S3Unsupported(
+                f"the installed botocore {botocore.__version__} cannot send {operation} with "
+                f"{', '.join(missing)}, which filespool needs for exclusive writes on S3; "
+                "upgrade it: pip install --upgrade 'filespool[s3]' botocore aiobotocore"
+            )
+
+
+def _raise_for_source(error: ClientError) -> None:
+    """Map a copy's complaint about its source: gone (404) or changed (412 on the source)."""
+    if _status(error) == 404 and error.response.get("Error", {}).get("Code") in (
+        "NoSuchKey",
+        "404",
+    ):
+        raise NotFound(str(error)) from None
+    condition = str(error.response.get("Error", {}).get("Condition", ""))
+    if _status(error) == 412 and condition.lower().startswith("x-amz-copy-source"):
+        raise _SourceChanged() from None
+
+
+def _moved_from(moved: dict[str, Any], folder: str, original: dict[str, Any]) -> bool:
+    """Whether `moved` is a move's copy of `original`, which is in `folder`."""
+    mark = moved.get("Metadata", {}).get(_MOVED_FROM)
+    return bool(mark) and mark == f"{folder}/{_bare_etag(original['ETag'])}"
+
+
+def _bare_etag(etag: str) -> str:
+    return str(etag).strip('"')
+
+
+def _status(error: ClientError) -> int:
+    status: int = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status
+
+
+def _put_version(response: dict[str, Any], size: int) -> _Version:
+    return _Version(response["ETag"], size)
+
+
+def _changed(head: dict[str, Any]) -> float:
+    """Our own sub-second time of arrival or touch if recorded, else S3's LastModified."""
+    recorded = head.get("Metadata", {}).get(_CHANGED)
+    with suppress(TypeError, ValueError):
+        return float(recorded)
+    return _timestamp(head["LastModified"])
+
+
+def _timestamp(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
+
+
+def open_s3(url: str, **storage_options: Any) -> S3Backend:
+    """The factory for `s3://bucket/prefix` URLs; storage options go to s3fs."""
+    _, _, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    return S3Backend(bucket, prefix, **storage_options)
+
+
+__all__ = [
+    "CLAIM_METHODS",
+    "MAX_COPY_SIZE",
+    "S3AccessDenied",
+    "S3Backend",
+    "S3BucketMissing",
+    "S3EndpointUnreachable",
+    "S3RequestFailed",
+    "S3StorageError",
+    "S3Unsupported",
+    "open_s3",
+]

@@ -1,0 +1,185 @@
+"""The strict lane: the S3 backend against LocalStack, which enforces conditional copies.
+
+Run by ``nox -s s3``, which builds LocalStack's Python 3.13 environment and names its
+interpreter in ``FILESPOOL_LOCALSTACK_PYTHON``; each run starts and stops its own server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from filespool import AlreadyExists, FileStore
+from filespool.backends import s3
+from filespool.backends.s3 import S3Backend
+from filespool.testing import MultiProcessContract, claim_in_processes
+from s3_servers import (
+    S3ContractHooks,
+    claim_and_crash_before_the_delete,
+    count_by_folder,
+    count_calls,
+    everywhere,
+    localstack,
+    new_bucket,
+    options,
+)
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    python = os.environ.get("FILESPOOL_LOCALSTACK_PYTHON")
+    if not python:
+        pytest.fail(
+            "this lane needs LocalStack: run `nox -s s3`, or set FILESPOOL_LOCALSTACK_PYTHON "
+            "to the python of an environment with localstack-core installed"
+        )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    with localstack(python) as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(endpoint: str) -> str:
+    return new_bucket(endpoint)  # unique: LocalStack keeps objects in a fixed /tmp folder
+
+
+def store_on(endpoint: str, bucket: str, **extra: object) -> FileStore:
+    return FileStore(f"s3://{bucket}/spool", **options(endpoint, **extra))
+
+
+def backend_of(store: FileStore) -> S3Backend:
+    assert isinstance(store.backend, S3Backend)
+    return store.backend
+
+
+class TestS3LocalStack(S3ContractHooks, MultiProcessContract):
+    """Not an AtomicMoveContract: an S3 move is a copy then a delete, seen by readers."""
+
+    # A fresh-claim test drains 10 * race_rounds messages while a recoverer lists in a loop,
+    # and must finish within its 30 s lease on this 2-core machine; the races below use
+    # 8 processes and 2,000 messages instead.
+    race_rounds = 10
+
+    @pytest.fixture
+    def store(self, endpoint: str, bucket: str) -> FileStore:
+        return store_on(endpoint, bucket)
+
+
+def test_localstack_is_probed_onto_the_copy_method(endpoint: str, bucket: str) -> None:
+    store = store_on(endpoint, bucket)
+    store.prepare()
+    name = store.deliver(b"x")
+    calls = count_calls(backend_of(store))
+    assert store.claim() == name
+    assert backend_of(store).method == "copy"
+    # The probe: two PUTs, one refused conditional CopyObject (412), two DELETEs; then the
+    # claim's CopyObject and its DELETE, tried with If-Match first (LocalStack: 501).
+    assert calls["CreateMultipartUpload"] == 0
+    assert calls["CopyObject"] == 2
+    assert backend_of(store)._delete_if_match is False
+    # LocalStack 2026.3.0 writes a refused copy's bytes over the destination's; the probe
+    # notices, and the backend then looks at the destination before each copy.
+    assert backend_of(store)._look_before_copying is True
+
+
+def test_a_refused_move_leaves_the_destination_intact(endpoint: str, bucket: str) -> None:
+    store = store_on(endpoint, bucket)
+    store.prepare()
+    store.deliver(b"the message waiting in new", "a-file")
+    with store.create("a-file", "wb") as file:
+        file.write(b"short")
+    with pytest.raises(AlreadyExists):
+        store.move("a-file", "tmp", "new")
+    assert store.open("a-file", "new", "rb").read() == b"the message waiting in new"
+
+
+def test_eight_processes_claim_two_thousand_messages_exactly_once(
+    endpoint: str, bucket: str
+) -> None:
+    store = store_on(endpoint, bucket)
+    store.prepare()
+    names = [store.deliver(b"m" * 64) for _ in range(2000)]
+    claimed = claim_in_processes(store, processes=8)  # each unpickles its own client
+    counts = Counter(claimed)
+    assert len(claimed) == 2000
+    assert set(counts) == set(names)
+    assert max(counts.values()) == 1
+    assert store.names("new") == []
+    assert store.names("cur") == sorted(names)
+
+
+def test_requests_per_message_on_the_native_path(endpoint: str, bucket: str) -> None:
+    messages = 10
+    store = store_on(endpoint, bucket)
+    store.prepare()
+    backend = backend_of(store)
+    store.deliver(b"warm-up")
+    store.claim().ack()  # type: ignore[union-attr]
+    assert backend.method == "copy"
+    calls = count_by_folder(backend)
+
+    names = [store.deliver(b"x") for _ in range(messages)]
+    assert calls == {("PutObject", "new"): messages}
+
+    calls.clear()
+    claims = [store.claim() for _ in range(messages)]
+    assert claims == names
+    assert store.claim() is None
+    # A HEAD of the destination before each copy: see the probe test.
+    assert calls == {
+        ("ListObjectsV2", "new"): 2,
+        ("HeadObject", "cur"): messages,
+        ("CopyObject", "cur"): messages,
+        ("DeleteObject", "new"): messages,
+    }
+
+    calls.clear()
+    started = time.monotonic()
+    for claim in claims:
+        claim.ack()  # type: ignore[union-attr]
+    seconds = time.monotonic() - started
+    # Without a conditional delete (LocalStack answers 501) a HEAD tells NotFound: HEAD +
+    # DELETE. The store's look for attempt records is amortized (at most 2 a second).
+    records = {key: n for key, n in calls.items() if key[1] == ".records"}
+    assert calls - Counter(records) == {
+        ("HeadObject", "cur"): messages,
+        ("DeleteObject", "cur"): messages,
+    }
+    assert sum(records.values()) <= 2 * (1 + int(seconds))
+
+
+def test_a_claimer_killed_between_copy_and_delete_loses_nothing(endpoint: str, bucket: str) -> None:
+    store = store_on(endpoint, bucket)
+    store.prepare()
+    name = store.deliver(b"payload")
+    claim_and_crash_before_the_delete(store.url, options(endpoint))
+    assert everywhere(store) == {name: ["new", "cur"]}
+    assert store.claim() is None  # the copy in cur/ blocks a second claim (412)
+    assert store.recover(older_than=0).returned == [name]
+    assert everywhere(store) == {name: ["new"]}
+    claim = store.claim()
+    assert claim == name
+    assert claim.read() == b"payload"
+
+
+def test_objects_over_the_copy_limit_are_copied_in_ranged_parts(endpoint: str, bucket: str) -> None:
+    part = s3.MIN_PART_SIZE
+    store = store_on(endpoint, bucket, part_size=part, max_copy_size=2 * part)
+    store.prepare()
+    data = os.urandom(2 * part + 1000)
+    name = store.deliver(data)
+    assert backend_of(store).method == "copy"
+    calls = count_calls(backend_of(store))
+    assert store.claim() == name
+    assert (calls["CopyObject"], calls["UploadPartCopy"]) == (0, 3)
+    assert store.open(name, "cur", "rb").read() == data
+    other = os.urandom(len(data))
+    store.deliver(other, name)
+    with pytest.raises(AlreadyExists):
+        store.move(name, "new", "cur")
+    assert store.open(name, "cur", "rb").read() == data

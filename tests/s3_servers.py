@@ -1,0 +1,361 @@
+"""Real S3 servers for the tests (moto in-process, LocalStack as a child), and fault tools."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec.asyn
+from aiobotocore.awsrequest import AioAWSResponse
+from botocore.awsrequest import HeadersDict
+from s3fs import S3FileSystem
+
+from filespool import FileStore
+from filespool.backends.s3 import S3Backend
+
+CREDENTIALS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
+
+
+def options(endpoint: str, **extra: Any) -> dict[str, Any]:
+    """Storage options for a store on the server at ``endpoint``."""
+    return {"endpoint_url": endpoint, **CREDENTIALS, **extra}
+
+
+def filesystem(endpoint: str) -> S3FileSystem:
+    return S3FileSystem(**options(endpoint), use_listings_cache=False, skip_instance_cache=True)
+
+
+def raw(fs: S3FileSystem, operation: str, **params: Any) -> Any:
+    """Call the raw client synchronously."""
+    return fsspec.asyn.sync(fs.loop, getattr(fs.s3, operation), **params)
+
+
+def new_bucket(endpoint: str) -> str:
+    """A fresh, uniquely named bucket (created without a LocationConstraint)."""
+    name = f"spool-{uuid.uuid4().hex[:16]}"
+    raw(filesystem(endpoint), "create_bucket", Bucket=name)
+    return name
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server, answering one request at a time.
+
+    moto checks conditional writes without a lock: answering concurrent requests, it can
+    let two conditional PUTs (or completions) win. One at a time, its checks are atomic, as
+    S3's are, so races test filespool rather than moto's missing lock.
+    """
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler, ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    class SerialMotoServer(ThreadedMotoServer):  # type: ignore[misc]
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            self._server = make_server(
+                self._ip_address, self._port, app, False, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def localstack(python: str, startup_timeout: float = 120) -> Iterator[str]:
+    """LocalStack's S3 on a free loopback port, without Docker, isolated in its own TMPDIR.
+
+    Its object files still go to /tmp/localstack-s3-storage/<bucket>: use unique buckets.
+    """
+    port = free_port()
+    scratch = tempfile.mkdtemp(prefix="filespool-localstack-")
+    env = dict(
+        os.environ,
+        SERVICES="s3",
+        GATEWAY_LISTEN=f"127.0.0.1:{port}",
+        DNS_ADDRESS="0",
+        DISABLE_EVENTS="1",
+        SKIP_SSL_CERT_DOWNLOAD="1",
+        TMPDIR=scratch,
+    )
+    log_path = os.path.join(scratch, "localstack.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [python, "-m", "localstack.runtime.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                with open(log_path, errors="replace") as log_file:
+                    tail = log_file.read()[-3000:]
+                raise RuntimeError(f"LocalStack exited with {process.returncode}:\n{tail}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url + "/_localstack/health", timeout=1),
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"LocalStack did not answer at {url} in {startup_timeout} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def count_calls(backend: S3Backend) -> Counter[str]:
+    """Count the API calls the backend makes from now on (one per call, retries not counted)."""
+    calls: Counter[str] = Counter()
+
+    def on_call(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    backend.client.meta.events.register("before-call.s3", on_call)
+    return calls
+
+
+def count_sends(backend: S3Backend) -> Counter[str]:
+    """Count the HTTP requests the backend sends from now on (retries counted)."""
+    sends: Counter[str] = Counter()
+
+    def on_send(event_name: str, **_: Any) -> None:
+        sends[event_name.rsplit(".", 1)[-1]] += 1
+
+    backend.client.meta.events.register("before-send.s3", on_send)
+    return sends
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+
+def error_response(request: Any, status: int, code: str) -> AioAWSResponse:
+    """An S3 error answer that a before-send hook returns instead of sending the request."""
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>injected</Message><RequestId>FAKE</RequestId></Error>"
+    ).encode()
+    headers = HeadersDict({"Content-Type": "application/xml", "Content-Length": str(len(body))})
+    return AioAWSResponse(request.url, status, headers, _Body(body))
+
+
+def fail_first(backend: S3Backend, operation: str, times: int, status: int, code: str) -> list[int]:
+    """Answer the next ``times`` requests of ``operation`` with an error, unsent."""
+    left = [times]
+
+    def fail(request: Any, **_: Any) -> AioAWSResponse | None:
+        if left[0] > 0:
+            left[0] -= 1
+            return error_response(request, status, code)
+        return None
+
+    backend.client.meta.events.register(f"before-send.s3.{operation}", fail)
+    return left
+
+
+def lose_responses(backend: S3Backend, operation: str, times: int) -> list[int]:
+    """Make botocore retry the next ``times`` successful ``operation`` requests, as if their
+    answers had been lost after the server applied them."""
+    left = [times]
+
+    def lose(response: Any, **_: Any) -> int | None:
+        if response is not None and response[0].status_code < 300 and left[0] > 0:
+            left[0] -= 1
+            return 0  # retry after 0 s
+        return None
+
+    backend.client.meta.events.register(f"needs-retry.s3.{operation}", lose)
+    return left
+
+
+class DropResponseProxy:
+    """A loopback TCP proxy that forwards matching requests but drops the connection
+    instead of relaying the server's final answer (the write is applied, the answer lost)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit("//", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.pattern = re.compile(b"$^")
+        self.budget = 0
+        self.dropped = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def arm(self, pattern: bytes, budget: int) -> None:
+        """Drop the answers of the next ``budget`` requests whose head matches ``pattern``."""
+        self.pattern = re.compile(pattern, re.IGNORECASE | re.DOTALL)
+        self.budget = budget
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.server = server
+        self.port: int = server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, client_in: Any, client_out: Any) -> None:
+        upstream_in, upstream_out = await asyncio.open_connection(*self.upstream)
+        drop = [False]
+
+        async def forward() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await client_in.read(65536):
+                    if (
+                        self.budget > 0
+                        and re.match(rb"(GET|PUT|POST|DELETE|HEAD) ", data)
+                        and self.pattern.search(data)
+                    ):
+                        self.budget -= 1
+                        drop[0] = True
+                    upstream_out.write(data)
+                    await upstream_out.drain()
+            upstream_out.close()
+
+        async def backward() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await upstream_in.read(65536):
+                    interim = re.fullmatch(rb"(HTTP/1\.[01] 1\d\d [^\r]*\r\n\r\n)+", data)
+                    if drop[0] and not interim:  # the final answer: the write is applied
+                        self.dropped += 1
+                        client_out.transport.abort()
+                        upstream_out.close()
+                        return
+                    client_out.write(data)
+                    await client_out.drain()
+            client_out.close()
+
+        await asyncio.gather(forward(), backward())
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        self.thread.join(5)
+
+
+CRASHING_CLAIMER = """
+import json, sys, time
+from filespool import FileStore
+from filespool.backends.s3 import S3Backend
+
+def stall(self, key, etag):
+    print("copied", flush=True)
+    time.sleep(120)
+
+S3Backend._delete_moved_source = stall
+store = FileStore(sys.argv[1], **json.loads(sys.argv[2]))
+store.claim()
+"""
+
+
+def claim_and_crash_before_the_delete(url: str, storage_options: dict[str, Any]) -> None:
+    """Run a claimer in a child and SIGKILL it between its copy and its delete."""
+    import json
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_CLAIMER, url, json.dumps(storage_options)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"copied\n"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+
+def everywhere(store: FileStore) -> dict[str, list[str]]:
+    """Each name in new/, cur/ or failed/, with the folders it is in."""
+    found: dict[str, list[str]] = {}
+    for folder in ("new", "cur", "failed"):
+        for name in store.names(folder):
+            found.setdefault(name, []).append(folder)
+    return found
+
+
+class S3ContractHooks:
+    """The contract suite's hooks for a store on S3: an s3fs filesystem on the same server."""
+
+    def filesystem(self, store: FileStore) -> tuple[Any, str]:
+        backend = store.backend
+        assert isinstance(backend, S3Backend)
+        endpoint = backend.storage_options["endpoint_url"]
+        return _shared_filesystem(endpoint), store.url.removeprefix("s3://")
+
+
+@functools.cache
+def _shared_filesystem(endpoint: str) -> S3FileSystem:
+    return filesystem(endpoint)  # a client costs ~0.2 s to build; the suite asks often
+
+
+def count_by_folder(backend: S3Backend) -> Counter[tuple[str, str]]:
+    """Count API calls from now on by operation and by the store folder of their key."""
+    calls: Counter[tuple[str, str]] = Counter()
+    root = backend.prefix + "/" if backend.prefix else ""
+
+    def on_call(params: dict[str, Any], model: Any, **_: Any) -> None:
+        where = str(params.get("Key", params.get("Prefix", "")))
+        calls[model.name, where.removeprefix(root).split("/", 1)[0]] += 1
+
+    backend.client.meta.events.register("before-parameter-build.s3", on_call)
+    return calls
