@@ -1,6 +1,13 @@
-"""Developer tasks: ``nox`` runs the tests on every Python present, plus lint and typecheck."""
+"""Developer tasks: `nox` runs the tests on every Python present, plus lint and typecheck.
+
+Also: `nox -s docs` (the site), `nox -s bench` (benchmarks), `nox -s s3` (LocalStack lane).
+"""
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
 
 import nox
 
@@ -10,6 +17,10 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+BENCH_PEERS = ["gocept.filestore==1.0", "dirq==1.8", "persist-queue==1.1.0", "matplotlib>=3.8"]
+# LocalStack without Docker: its own Python 3.13 environment, built once and reused.
+LOCALSTACK = ["localstack-core[runtime]==2026.3.0", "cbor2<5.7", "service_identity", "pyopenssl<26"]
+LOCALSTACK_VENV = Path(".nox/localstack-venv")
 
 
 @nox.session(python=PYTHONS)
@@ -32,3 +43,47 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     session.install(MYPY, ".[test]")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode (a broken link or reference fails)."""
+    session.install(".[docs]")
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site")
+    )
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the system-call floor and the peers (`-- --quick` for a smoke run)."""
+    session.install(".", *BENCH_PEERS)
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def s3(session: nox.Session) -> None:
+    """The S3 backend against LocalStack, which the tests start and stop (needs Python 3.13)."""
+    python = _localstack_python(session)
+    session.install(".[test,s3]")
+    session.run(
+        "pytest", "tests/localstack", *session.posargs, env={"FILESPOOL_LOCALSTACK_PYTHON": python}
+    )
+
+
+def _localstack_python(session: nox.Session) -> str:
+    """The interpreter of LocalStack's environment, built on the first run."""
+    python = LOCALSTACK_VENV.absolute() / "bin" / "python"
+    ready = LOCALSTACK_VENV / "filespool-ready"
+    if python.exists() and ready.exists() and ready.read_text() == "\n".join(LOCALSTACK):
+        return str(python)
+    base = shutil.which("python3.13")
+    if base is None or subprocess.run([base, "--version"], capture_output=True).returncode != 0:
+        session.skip(
+            "the S3 lane runs LocalStack, which needs Python 3.13, and python3.13 is not "
+            "available here (with pyenv: export PYENV_VERSION=...:3.13.0)"
+        )
+    session.run(base, "-m", "venv", "--clear", str(LOCALSTACK_VENV), external=True)
+    session.run(str(python), "-m", "pip", "install", "--quiet", *LOCALSTACK, external=True)
+    ready.write_text("\n".join(LOCALSTACK))
+    return str(python)

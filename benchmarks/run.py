@@ -1,0 +1,347 @@
+"""Benchmark filespool against the syscall floor and the peers a user would pick (issue 6).
+
+    python benchmarks/run.py [--messages N] [--repeat R] [--json out.json] [--plot out.png]
+                             [--sections local,memory,depth,concurrency] [--quick]
+
+Prints progress on stderr, then the tables and the targets on stdout; writes
+JSON (and a PNG plot if matplotlib is importable). Timing on a shared machine
+is noisy: contenders run interleaved in one process, each repetition rotates
+their order, and ratios are taken within a repetition before the median.
+
+Sections are modules with ``run(config, log) -> dict`` and ``summarize(result)
+-> list[str]``, listed in ``SECTIONS``; a section for another backend (S3)
+is one more module and one more entry there (and, if it has targets, a
+function in ``TARGETS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import Place, filesystem_type, places
+
+SECTIONS: dict[str, str] = {
+    "local": "local",
+    "memory": "memory",
+    "depth": "depth",
+    "concurrency": "concurrency",
+    # "s3": "s3",  # requests per message and concurrent claimers (moto, LocalStack): to come
+}
+
+ROUND_TRIP_TARGET = 0.65
+DEPTH_TARGET = 0.80
+
+
+@dataclass
+class Config:
+    messages: int = 20_000
+    repeat: int = 3
+    disk_messages: int | None = None  # disk, durability off; default messages / 8
+    durable_disk_messages: int | None = None  # disk, durability on; default messages / 20
+    depths: tuple[int, ...] = (1_000, 100_000)
+    depth_claims: int = 1_000
+    consumers: tuple[int, ...] = (1, 2, 4, 8)
+    places: list[Place] = field(default_factory=list)
+
+    def messages_for(self, kind: str, durable: bool) -> int:
+        if kind != "disk":
+            return self.messages
+        if durable:
+            return self.durable_disk_messages or max(self.messages // 20, 100)
+        return self.disk_messages or max(self.messages // 8, 100)
+
+    def concurrency_messages_for(self, kind: str) -> int:
+        return self.messages_for(kind, durable=False)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--messages", type=int, help="N messages of 1 KiB (default 20,000; quick 2,000)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="repetitions per figure, median reported (default 3)"
+    )
+    parser.add_argument(
+        "--disk-messages", type=int, help="N on disk without fsync (default N/8: the disk is slow)"
+    )
+    parser.add_argument(
+        "--durable-disk-messages", type=int, help="N on disk with fsync (default N/20)"
+    )
+    parser.add_argument("--depths", help="comma-separated depths of new/ (default 1000,100000)")
+    parser.add_argument("--consumers", help="comma-separated consumer counts (default 1,2,4,8)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated sections to run"
+    )
+    parser.add_argument(
+        "--disk-dir", default=tempfile.gettempdir(), help="a directory on the project's disk"
+    )
+    parser.add_argument("--tmpfs-dir", default="/dev/shm", help="a directory on tmpfs ('' to skip)")
+    parser.add_argument(
+        "--json", default="bench-results.json", help="where to write the JSON results"
+    )
+    parser.add_argument(
+        "--plot", default="bench-results.png", help="where to write the plot ('' for none)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a ~1 minute smoke run (small N, 1 repetition)"
+    )
+    args = parser.parse_args(argv)
+    config = Config()
+    if args.quick:
+        config = Config(
+            messages=2_000,
+            repeat=1,
+            disk_messages=1_000,
+            durable_disk_messages=200,
+            depths=(1_000, 10_000),
+            depth_claims=500,
+            consumers=(1, 2, 4),
+        )
+    if args.messages:
+        config.messages = args.messages
+    if args.repeat:
+        config.repeat = args.repeat
+    if args.disk_messages:
+        config.disk_messages = args.disk_messages
+    if args.durable_disk_messages:
+        config.durable_disk_messages = args.durable_disk_messages
+    if args.depths:
+        config.depths = tuple(int(value) for value in args.depths.split(","))
+    if args.consumers:
+        config.consumers = tuple(int(value) for value in args.consumers.split(","))
+    config.places = places(args.disk_dir, args.tmpfs_dir)
+    for place in config.places:
+        kind = filesystem_type(place.root)
+        if (place.kind == "tmpfs") != (kind == "tmpfs"):
+            print(f"warning: {place.kind} directory {place.root} is on {kind}", file=sys.stderr)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    return args, config
+
+
+# Targets: each takes the results of all sections and gives (figure, met) lines.
+Check = dict[str, Any]
+
+
+def local_targets(results: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
+    rows = results.get("local", {}).get("rows", [])
+    for place in sorted({row["place"] for row in rows}):
+        for mode in ("fast", "durable"):
+            group = [r for r in rows if r["place"] == place and r["mode"] == mode]
+            mine = [r for r in group if r["contender"] == "filespool"]
+            if not mine:
+                continue
+            ratio = mine[0]["vs_floor"]["round trip"]
+            checks.append(
+                {
+                    "target": (
+                        f"local round trip >= {ROUND_TRIP_TARGET:.0%} of floor ({place}, {mode})"
+                    ),
+                    "figure": f"{ratio:.0%}",
+                    "met": ratio >= ROUND_TRIP_TARGET,
+                }
+            )
+            extra = [r for r in group if r["contender"] == "floor + dir fsync"]
+            if extra:
+                checks[-1]["figure"] += (
+                    f" (vs floor + dir fsync: {ratio / extra[0]['vs_floor']['round trip']:.0%})"
+                )
+            peers = [
+                r
+                for r in group
+                if r["contender"] not in ("filespool",) and not r["contender"].startswith("floor")
+            ]
+            for peer in peers:
+                advantage = ratio / peer["vs_floor"]["round trip"]
+                checks.append(
+                    {
+                        "target": f"faster than {peer['contender']} ({place}, {mode})",
+                        "figure": f"filespool / peer = {advantage:.2f}x",
+                        "met": advantage > 1.0,
+                    }
+                )
+    return checks
+
+
+def depth_targets(results: dict[str, Any]) -> list[Check]:
+    rows = results.get("depth", {}).get("rows", [])
+    checks = []
+    for row in rows:
+        if row["vs_shallowest"] == 1.0 and row["depth"] == min(r["depth"] for r in rows):
+            continue
+        checks.append(
+            {
+                "target": (
+                    f"claim at depth {row['depth']:,} >= {DEPTH_TARGET:.0%} "
+                    f"of shallowest ({row['place']})"
+                ),
+                "figure": f"{row['vs_shallowest']:.0%} (steady state after first listing: "
+                f"{row['steady_vs_shallowest']:.0%})",
+                "met": row["vs_shallowest"] >= DEPTH_TARGET,
+            }
+        )
+    return checks
+
+
+def concurrency_targets(results: dict[str, Any]) -> list[Check]:
+    rows = results.get("concurrency", {}).get("rows", [])
+    checks = []
+    for row in rows:
+        if row["consumers"] == 1:
+            continue
+        checks.append(
+            {
+                "target": (
+                    f"{row['consumers']} consumers >= 1 consumer's throughput ({row['place']})"
+                ),
+                "figure": f"{row['vs_one']:.2f}x median, {row['min_vs_one']:.2f}x worst",
+                "met": row["vs_one"] >= 1.0,
+            }
+        )
+    if rows:
+        every = all(row["exactly_once"] for row in rows)
+        checks.append(
+            {
+                "target": "every message claimed exactly once in every concurrent run",
+                "figure": "yes" if every else "NO",
+                "met": every,
+            }
+        )
+    return checks
+
+
+TARGETS: list[Callable[[dict[str, Any]], list[Check]]] = [
+    local_targets,
+    depth_targets,
+    concurrency_targets,
+]
+
+
+def plot(results: dict[str, Any], path: str) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot"
+    local_rows = results.get("local", {}).get("rows", [])
+    concurrency_rows = results.get("concurrency", {}).get("rows", [])
+    figure, axes = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 1]})
+    groups = sorted({(r["place"], r["mode"]) for r in local_rows})
+    y = 0
+    ticks, labels = [], []
+    for place, mode in groups:
+        for row in [r for r in local_rows if (r["place"], r["mode"]) == (place, mode)]:
+            color = (
+                "tab:blue"
+                if row["contender"] == "filespool"
+                else ("tab:gray" if row["contender"].startswith("floor") else "tab:orange")
+            )
+            axes[0].barh(y, row["vs_floor"]["round trip"], color=color)
+            ticks.append(y)
+            labels.append(f"{place}/{mode}: {row['contender']}")
+            y += 1
+        y += 1
+    axes[0].axvline(ROUND_TRIP_TARGET, color="red", linestyle="--", linewidth=1)
+    axes[0].set_yticks(ticks, labels, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("round-trip throughput / floor (median of paired ratios)")
+    axes[0].set_title("1 KiB messages, deliver all then claim+ack all")
+    for place in sorted({r["place"] for r in concurrency_rows}):
+        rows = [r for r in concurrency_rows if r["place"] == place]
+        axes[1].plot(
+            [r["consumers"] for r in rows], [r["vs_one"] for r in rows], marker="o", label=place
+        )
+    if concurrency_rows:
+        axes[1].axhline(1.0, color="red", linestyle="--", linewidth=1)
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("consumer processes")
+        axes[1].set_ylabel("total throughput / 1 consumer")
+        axes[1].set_title("draining one spool")
+        axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return f"plot written to {path}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse(argv)
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    chosen = [name for name in args.sections.split(",") if name]
+    import filespool
+
+    results: dict[str, Any] = {}
+    meta = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "filespool": getattr(filespool, "__version__", None),
+        "filespool_path": os.path.dirname(filespool.__file__),
+        "places": {
+            p.kind: {"root": p.root, "fstype": filesystem_type(p.root)} for p in config.places
+        },
+        "config": {key: value for key, value in vars(config).items() if key != "places"},
+    }
+    modules = {}
+    began = time.perf_counter()
+    for name in chosen:
+        module = importlib.import_module(SECTIONS[name])
+        modules[name] = module
+        log(f"section {name}")
+        started = time.perf_counter()
+        results[name] = module.run(config, log)
+        results[name]["seconds"] = time.perf_counter() - started
+    meta["seconds"] = time.perf_counter() - began
+    checks = [check for target in TARGETS for check in target(results)]
+    print(
+        f"filespool from {meta['filespool_path']}; python {meta['python']}; {meta['cpus']} CPUs; "
+        + "; ".join(
+            f"{kind}: {info['root']} ({info['fstype']})" for kind, info in meta["places"].items()
+        )
+    )
+    print(
+        "Modes: 'durable' = fsync every message (filespool durable=True, mailbox.Maildir,"
+        " SQLiteAckQueue); 'fast' = no per-message fsync (filespool durable=False,"
+        " gocept.filestore, dirq, persist-queue file Queue). Ratios: median over repetitions"
+        " of (contender / floor in the same repetition)."
+    )
+    for name in chosen:
+        print(f"\n== {name} ({results[name]['seconds']:.0f} s) ==")
+        for line in modules[name].summarize(results[name]):
+            print(line)
+    print("\n== targets ==")
+    for check in checks:
+        print(f"[{'met' if check['met'] else 'MISSED':6}] {check['target']}: {check['figure']}")
+    if args.plot and "local" in results:
+        message = plot(results, args.plot)
+        meta["plot"] = message
+        print(message)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"meta": meta, "results": results, "targets": checks}, file, indent=1)
+        print(f"JSON written to {args.json}")
+    print(f"total {meta['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
