@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import fsspec.asyn
+import pytest
 from aiobotocore.awsrequest import AioAWSResponse
 from botocore.awsrequest import HeadersDict
 from s3fs import S3FileSystem
 
 from filespool import FileStore
 from filespool.backends.s3 import S3Backend
+from filespool.testing import MultiProcessContract
 
 CREDENTIALS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
 
@@ -294,6 +296,7 @@ CRASHING_CLAIMER = """
 import json, sys, time
 from filespool import FileStore
 from filespool.backends.s3 import S3Backend
+from filespool.testing import MultiProcessContract
 
 def stall(self, key, etag):
     print("copied", flush=True)
@@ -333,13 +336,30 @@ def everywhere(store: FileStore) -> dict[str, list[str]]:
     return found
 
 
-class S3ContractHooks:
-    """The contract suite's hooks for a store on S3: an s3fs filesystem on the same server."""
+def store_on(endpoint: str, bucket: str, **extra: Any) -> FileStore:
+    """A store under ``spool/`` of ``bucket`` on the server at ``endpoint``."""
+    return FileStore(f"s3://{bucket}/spool", **options(endpoint, **extra))
+
+
+def backend_of(store: FileStore) -> S3Backend:
+    backend = store.backend
+    assert isinstance(backend, S3Backend)
+    return backend
+
+
+class S3Contract(MultiProcessContract):
+    """The contract on an S3 server; a test module provides ``endpoint`` and ``bucket``.
+
+    Not an AtomicMoveContract: an S3 move is a copy then a delete, seen by readers.
+    """
+
+    @pytest.fixture
+    def store(self, endpoint: str, bucket: str) -> FileStore:
+        return store_on(endpoint, bucket)
 
     def filesystem(self, store: FileStore) -> tuple[Any, str]:
-        backend = store.backend
-        assert isinstance(backend, S3Backend)
-        endpoint = backend.storage_options["endpoint_url"]
+        """An s3fs filesystem on the same server, and the store's path in it."""
+        endpoint = backend_of(store).storage_options["endpoint_url"]
         return _shared_filesystem(endpoint), store.url.removeprefix("s3://")
 
 

@@ -219,3 +219,20 @@ def test_recover_resolves_a_move_interrupted_between_link_and_unlink(tmp_path: P
     assert store.recover(older_than=0).returned == [name]
     assert (store.names("new"), store.names("cur")) == ([name], [])
     assert store.claim() == name
+
+
+def test_a_taken_staging_name_is_never_reused_or_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging file left by an earlier process with our id, or made by a host of our name
+    sharing the folder, blocks the cheap staging name: a unique one is used instead."""
+    store = FileStore(tmp_path / "spool")
+    store.prepare()
+    taken = tmp_path / "spool" / "tmp" / ".stage.taken"
+    taken.write_bytes(b"someone else's")
+    monkeypatch.setattr(local, "staging_name", lambda: "taken")
+    name = store.deliver(b"delivered")
+    store.copy(name, "new", "cur")
+    assert store.read(name, "new") == store.read(name, "cur") == b"delivered"
+    assert taken.read_bytes() == b"someone else's"
+    assert sorted(os.listdir(tmp_path / "spool" / "tmp")) == [".stage.taken"]

@@ -19,15 +19,14 @@ from filespool import AlreadyExists, ExclusiveMoveUnavailable, FileStore
 from filespool.backends import s3
 from filespool.backends.s3 import (
     S3AccessDenied,
-    S3Backend,
     S3BucketMissing,
     S3EndpointUnreachable,
     S3Unsupported,
 )
-from filespool.testing import MultiProcessContract
 from s3_servers import (
     DropResponseProxy,
-    S3ContractHooks,
+    S3Contract,
+    backend_of,
     claim_and_crash_before_the_delete,
     count_by_folder,
     count_calls,
@@ -40,6 +39,7 @@ from s3_servers import (
     new_bucket,
     options,
     raw,
+    store_on,
 )
 
 
@@ -55,27 +55,11 @@ def bucket(endpoint: str) -> str:
     return new_bucket(endpoint)
 
 
-class TestS3Moto(S3ContractHooks, MultiProcessContract):
-    """Not an AtomicMoveContract: an S3 move is a copy then a delete, seen by readers."""
-
+class TestS3Moto(S3Contract):
     # moto answers one request at a time (see s3_servers.moto_server) from this process;
     # the fresh-claim test must drain 10 * race_rounds claims within its 30 s lease while a
     # recoverer lists in a loop. 8-thread races still run 5 rounds each.
     race_rounds = 5
-
-    @pytest.fixture
-    def store(self, endpoint: str, bucket: str) -> FileStore:
-        return FileStore(f"s3://{bucket}/spool", **options(endpoint))
-
-
-def store_on(endpoint: str, bucket: str, **extra: Any) -> FileStore:
-    return FileStore(f"s3://{bucket}/spool", **options(endpoint, **extra))
-
-
-def backend_of(store: FileStore) -> S3Backend:
-    backend = store.backend
-    assert isinstance(backend, S3Backend)
-    return backend
 
 
 # -- locations, options and setup errors ------------------------------------------------

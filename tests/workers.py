@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 
 from filespool import FileStore, NotFound
 
 
 def consume(store: FileStore, log: object) -> None:
-    """Claim, process (log ``P``), ack (log ``A``): the ordinary worker."""
+    """Claim, process (log ``P``, then 5 ms of work), ack (log ``A``): the ordinary worker.
+
+    The work paces the drain, so the test can kill consumers every 500 messages."""
     while True:
         claim = store.claim(wait=0.5)
         if claim is None:
             continue
         _write(log, f"P {claim}")
+        time.sleep(0.005)
         claim.ack()
         _write(log, f"A {claim}")
 

@@ -55,7 +55,13 @@ class _NameGenerator:
         self._counter = itertools.count()
         self._host = _UNSAFE_HOST_CHARACTERS.sub("-", socket.gethostname())[:64] or "localhost"
         self._last_microseconds = 0
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Start afresh in a new process: its own process id, and a lock no thread holds."""
+        # A fork while another thread holds the lock would leave the child's copy locked forever.
         self._lock = threading.Lock()
+        self._process = f"P{os.getpid()}Q"
 
     def __call__(self) -> str:
         with self._lock:
@@ -68,12 +74,19 @@ class _NameGenerator:
         # random, not secrets: no system call per name; the child of a fork is reseeded,
         # and host, pid and counter already make the name unique.
         noise = random.getrandbits(64)
-        return f"{seconds}.M{fraction:06d}P{os.getpid()}Q{count}R{noise:016x}.{self._host}"
+        return f"{seconds}.M{fraction:06d}{self._process}{count}R{noise:016x}.{self._host}"
+
+    def staging(self) -> str:
+        """A name unique among this host's processes, quicker to make than a full one."""
+        return f"{self._process}{next(self._counter)}.{self._host}"
 
 
 unique_name = _NameGenerator()
 """Return a new unique, time-sortable file name (see `_NameGenerator`)."""
 
+staging_name = unique_name.staging
+"""Return a name for a file being written: unique on this host, but not across hosts
+that share a folder and a host name (an exclusive create catches that)."""
+
 if hasattr(os, "register_at_fork"):
-    # A fork while another thread holds the lock would leave the child's copy locked forever.
-    os.register_at_fork(after_in_child=lambda: setattr(unique_name, "_lock", threading.Lock()))
+    os.register_at_fork(after_in_child=unique_name.after_fork)

@@ -43,7 +43,6 @@ _PREPARED_FOLDERS = (STAGING_FOLDER, "new", "cur")
 # The store's own records (attempts, failure reasons), one file per message name.
 _RECORDS = ".records"
 _LAZY_FOLDERS = ("failed", _RECORDS)
-_WIDEST_WINDOW = 1024
 _BATCH = 4096
 _STALE_AFTER = 4
 MAILDIR_TMP_AGE = 36 * 3600
@@ -92,20 +91,12 @@ class FileStore:
         self._made_folders: set[str] = set()
         self._records_exist = False
         self._records_checked = float("-inf")
-        self._reset_claiming()
-
-    def _reset_claiming(self) -> None:
         # A claim takes names from a backlog of the next batch of new/, sorted; the batch
         # comes from a listing read in pages (`_listing`), so a claim costs the same however
         # many files wait. The order is oldest first within each batch of `_BATCH` names.
         self._backlog: deque[str] = deque()
         self._listing: Iterator[str] | None = None
         self._listing_lock = threading.Lock()
-        # Claimers pick at random among the first `_window` names of the backlog. It doubles
-        # with every lost race and shrinks by one with every win, so concurrent workers spread
-        # over up to 1,024 of the oldest names instead of all fighting for the first, and a
-        # worker alone goes back to strict order.
-        self._window = 1
 
     def __getstate__(self) -> dict[str, Any]:
         return {"backend": self.backend, "durable": self.durable, "max_attempts": self.max_attempts}
@@ -208,39 +199,45 @@ class FileStore:
         sharing the storage) exactly one gets each file. With `wait` (seconds),
         poll with backoff until a file arrives or the time is up.
         """
-        deadline = None if wait is None else time.monotonic() + wait
+        claimed = self._claim_one()
+        if claimed is not None or wait is None:
+            return claimed
+        deadline = time.monotonic() + wait
         pause = 0.001
-        while True:
-            claimed = self._claim_one()
-            if claimed is not None or deadline is None:
-                return claimed
+        while claimed is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.25)
+            claimed = self._claim_one()
+        return claimed
 
     def _claim_one(self) -> Claim | None:
         stuck: set[str] = set()
         while True:
             losses = 0
-            while (name := self._next_candidate()) is not None:
+            while True:
+                try:
+                    name = self._backlog.popleft()
+                except IndexError:
+                    break
                 try:
                     self.backend.move("new", name, "cur")
                 except NotFound:  # lost a race
-                    self._window = min(self._window * 2, _WIDEST_WINDOW)
                     losses += 1
                     if losses == _STALE_AFTER:
                         # Other claimers work through the same names: learning which are
                         # left from a new listing is cheaper than trying them one by one.
                         self._backlog.clear()
                         self._listing = None
+                    else:
+                        self._jump()
                     continue
                 except AlreadyExists:
                     # cur/ has the name already (a crash mid-move): recover() sorts it out.
                     stuck.add(name)
                     continue
-                self._window = max(self._window - 1, 1)
                 return Claim(name, self)
             if not self._refill(stuck):
                 return None
@@ -264,21 +261,14 @@ class FileStore:
                     self._backlog.extend(batch)
                     return True
 
-    def _next_candidate(self) -> str | None:
-        """Take a name from the first `_window` of the backlog, or None if it is empty."""
-        if self._window == 1:  # alone, or not colliding: strict order, no random pick
-            try:
-                return self._backlog.popleft()
-            except IndexError:
-                return None
-        try:
-            offset = random.randrange(min(self._window, len(self._backlog)))
-            self._backlog.rotate(-offset)
-            name = self._backlog.popleft()
-            self._backlog.rotate(offset)
-        except (ValueError, IndexError):  # empty, possibly emptied by another thread
-            return None
-        return name
+    def _jump(self) -> None:
+        """Go on from a random place in the backlog.
+
+        A lost race means another claimer is taking the names here, in the same order.
+        Claimers that collide scatter, then each takes a run of names of its own: they
+        seldom meet again, and a claimer alone keeps strict order."""
+        with suppress(ValueError):  # empty, possibly emptied by another thread
+            self._backlog.rotate(-random.randrange(len(self._backlog)))
 
     def read(self, name: Name, folder: str) -> bytes:
         """A file's whole content."""
@@ -481,6 +471,8 @@ def _as_mode(file: BinaryIO, mode: str) -> TextIO | BinaryIO:
 
 
 def _as_bytes(data: object) -> bytes:
+    if type(data) is bytes:  # the usual case, first: deliver() is a hot path
+        return data
     if isinstance(data, str):
         return data.encode("utf-8")
     if isinstance(data, (bytes, bytearray, memoryview)):

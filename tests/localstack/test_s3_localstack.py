@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from filespool import AlreadyExists, FileStore
+from filespool import AlreadyExists
 from filespool.backends import s3
-from filespool.backends.s3 import S3Backend
-from filespool.testing import MultiProcessContract, claim_in_processes
+from filespool.testing import claim_in_processes
 from s3_servers import (
-    S3ContractHooks,
+    S3Contract,
+    backend_of,
     claim_and_crash_before_the_delete,
     count_by_folder,
     count_calls,
@@ -27,6 +27,7 @@ from s3_servers import (
     localstack,
     new_bucket,
     options,
+    store_on,
 )
 
 
@@ -48,26 +49,11 @@ def bucket(endpoint: str) -> str:
     return new_bucket(endpoint)  # unique: LocalStack keeps objects in a fixed /tmp folder
 
 
-def store_on(endpoint: str, bucket: str, **extra: object) -> FileStore:
-    return FileStore(f"s3://{bucket}/spool", **options(endpoint, **extra))
-
-
-def backend_of(store: FileStore) -> S3Backend:
-    assert isinstance(store.backend, S3Backend)
-    return store.backend
-
-
-class TestS3LocalStack(S3ContractHooks, MultiProcessContract):
-    """Not an AtomicMoveContract: an S3 move is a copy then a delete, seen by readers."""
-
+class TestS3LocalStack(S3Contract):
     # A fresh-claim test drains 10 * race_rounds messages while a recoverer lists in a loop,
     # and must finish within its 30 s lease on this 2-core machine; the races below use
     # 8 processes and 2,000 messages instead.
     race_rounds = 10
-
-    @pytest.fixture
-    def store(self, endpoint: str, bucket: str) -> FileStore:
-        return store_on(endpoint, bucket)
 
 
 def test_localstack_is_probed_onto_the_copy_method(endpoint: str, bucket: str) -> None:

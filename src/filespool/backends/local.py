@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from filespool.backends.base import STAGING_FOLDER, Backend, Entry
 from filespool.errors import AlreadyExists, ExclusiveMoveUnavailable, NotFound, NotPrepared
-from filespool.names import unique_name
+from filespool.names import staging_name, unique_name
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -30,13 +30,8 @@ def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return None
-    function.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
+    # No argtypes: every call passes (int, bytes, int, bytes, int), which ctypes converts
+    # as C needs, and checking declared types would cost a claim about a microsecond.
     function.restype = ctypes.c_int
     return function
 
@@ -184,28 +179,38 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return False
 
+    def _create_staged(self) -> tuple[str, int]:
+        """Create a new hidden file in the staging folder; return its path and descriptor."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        path = self._path(STAGING_FOLDER, f".stage.{staging_name()}")
+        try:
+            try:
+                return path, os.open(path, flags, 0o666)
+            except FileExistsError:
+                # Left by an earlier process with our id, or made by a host with our name
+                # sharing this folder: a fully unique name settles it.
+                path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
+                return path, os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            raise self._missing(STAGING_FOLDER, os.path.basename(path)) from None
+
     def _stage(self, write: Callable[[BinaryIO], object], *, durable: bool) -> str:
         """Write a hidden file in the staging folder; return its path."""
-        path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
+        path, descriptor = self._create_staged()
         try:
-            with self._errors(STAGING_FOLDER), open(path, "xb") as file:
+            with open(descriptor, "wb") as file:
                 write(file)
                 if durable:
                     file.flush()
                     os.fsync(file.fileno())
         except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
+            os.unlink(path)
             raise
         return path
 
     def _stage_bytes(self, data: bytes, *, durable: bool) -> str:
         """`_stage` for bytes, with plain system calls: deliveries are mostly this."""
-        path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        except FileNotFoundError:
-            raise self._missing(STAGING_FOLDER, os.path.basename(path)) from None
+        path, descriptor = self._create_staged()
         try:
             written = 0
             while written < len(data):
