@@ -8,15 +8,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 MESSAGE_SIZE = 1024
+PHASES = ("deliver", "claim", "round trip")
 
 
 def payloads(count: int) -> list[bytes]:
@@ -121,3 +124,81 @@ def rotate(items: Sequence[Any], by: int) -> list[Any]:
         return []
     by %= len(items)
     return list(items[by:]) + list(items[:by])
+
+
+def measure_round_trip(contender: Any, messages: Sequence[bytes]) -> tuple[dict[str, float], Any]:
+    """Time ``contender.deliver_all(messages)``, then ``contender.claim_all()``.
+
+    Returns messages per second for each of ``PHASES``, and what ``claim_all`` returned.
+    """
+    deliver_seconds, _ = timed(partial(contender.deliver_all, messages))
+    claim_seconds, found = timed(contender.claim_all)
+    count = len(messages)
+    rates = {
+        "deliver": count / deliver_seconds,
+        "claim": count / claim_seconds,
+        "round trip": count / (deliver_seconds + claim_seconds),
+    }
+    return rates, found
+
+
+def interleaved(
+    contenders: Sequence[Any],
+    repeat: int,
+    run_one: Callable[[Any], dict[str, float]],
+    log: Callable[[str], None],
+    label: str,
+) -> tuple[dict[Any, Samples], dict[Any, Samples]]:
+    """Run every contender ``repeat`` times, the order rotating each repetition.
+
+    Returns each contender's samples, and its ratios to the first contender (the floor)
+    in the same repetition.
+    """
+    samples = {c: Samples() for c in contenders}
+    ratios = {c: Samples() for c in contenders}
+    for repetition in range(repeat):
+        this_round = {}
+        for contender in rotate(contenders, repetition):
+            rates = run_one(contender)
+            this_round[contender] = rates
+            for phase, rate in rates.items():
+                samples[contender].add(phase, rate)
+            log(
+                f"  {label} rep {repetition + 1}/{repeat} {contender.name:30} "
+                f"round trip {rates['round trip']:9.0f} msg/s"
+            )
+        for contender, rates in this_round.items():
+            for phase, rate in rates.items():
+                ratios[contender].add(phase, rate / this_round[contenders[0]][phase])
+    return samples, ratios
+
+
+def round_trip_row(
+    contender: Any, samples: dict[Any, Samples], ratios: dict[Any, Samples], **fields: Any
+) -> dict[str, Any]:
+    """A result row of a round-trip section: medians per phase, ratios to the floor."""
+    return {
+        **fields,
+        "contender": contender.name,
+        "note": contender.note,
+        "msg_per_s": {phase: samples[contender].median(phase) for phase in PHASES},
+        "vs_floor": {phase: ratios[contender].median(phase) for phase in PHASES},
+        "samples": samples[contender].values,
+    }
+
+
+Column = tuple[str, str, Callable[[dict[str, Any]], Any]]
+"""A table column: its title, a format spec for its values (``">9.0f"``), and the value."""
+
+
+def table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A plain-text table: a header, a rule, and one line per row."""
+    titles = []
+    for title, spec, _ in columns:
+        match = re.match(r"[<>^]?\d*", spec)
+        titles.append(f"{title:{match.group() if match else ''}}")
+    header = " ".join(titles)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(" ".join(f"{value(row):{spec}}" for _, spec, value in columns))
+    return lines

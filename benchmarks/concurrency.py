@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from common import Samples, message_index, payloads, remove_tree
+from common import Samples, message_index, payloads, remove_tree, table
 from depth import _fill
 
 
@@ -138,16 +138,17 @@ def run(config: Any, log: Any) -> dict[str, Any]:
 
 
 def summarize(result: dict[str, Any]) -> list[str]:
-    header = (
-        f"{'place':5} {'consumers':>9} {'N':>6} {'total msg/s':>11} {'vs 1':>6} "
-        f"{'worst vs 1':>10} {'lost races (median/max)':>24} {'exactly once':>12}"
+    return table(
+        [
+            ("place", "5", lambda row: row["place"]),
+            ("consumers", ">9", lambda row: row["consumers"]),
+            ("N", ">6", lambda row: row["messages"]),
+            ("total msg/s", ">11.0f", lambda row: row["msg_per_s"]),
+            ("vs 1", ">6.0%", lambda row: row["vs_one"]),
+            ("worst vs 1", ">10.0%", lambda row: row["min_vs_one"]),
+            ("lost races", ">10.0f", lambda row: row["lost_races"]),
+            ("max lost", ">8.0f", lambda row: row["lost_races_max"]),
+            ("exactly once", ">12", lambda row: str(row["exactly_once"])),
+        ],
+        result["rows"],
     )
-    lines = [header, "-" * len(header)]
-    for row in result["rows"]:
-        lines.append(
-            f"{row['place']:5} {row['consumers']:>9} {row['messages']:>6} "
-            f"{row['msg_per_s']:>11.0f} {row['vs_one']:>6.0%} {row['min_vs_one']:>10.0%} "
-            f"{row['lost_races']:>14.0f} / {row['lost_races_max']:<7.0f} "
-            f"{row['exactly_once']!s:>12}"
-        )
-    return lines

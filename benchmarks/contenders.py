@@ -16,7 +16,7 @@ import mailbox
 import os
 import uuid
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 DURABLE = "durable"
 FAST = "fast"  # durability off: no fsync
@@ -25,8 +25,7 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
+_renameat2.restype = ctypes.c_int  # no argtypes, as in filespool: checking them costs ~1 us
 
 
 def rename_noreplace(source: bytes, target: bytes) -> None:
@@ -229,7 +228,33 @@ class Dirq(Contender):
         return found
 
 
-class PersistFileQueue(Contender):
+class PersistQueue(Contender):
+    """A persist-queue queue: ``put()`` each message, then take them until ``Empty``."""
+
+    queue: Any
+
+    def deliver_all(self, messages: Sequence[bytes]) -> None:
+        put = self.queue.put
+        for data in messages:
+            put(data)
+
+    def claim_all(self) -> list[bytes]:
+        import persistqueue
+
+        take = self.take
+        found = []
+        while True:
+            try:
+                found.append(take())
+            except persistqueue.Empty:
+                return found
+
+    def take(self) -> bytes:
+        """Get the next message and finish it; raises ``persistqueue.Empty`` at the end."""
+        raise NotImplementedError
+
+
+class PersistFileQueue(PersistQueue):
     name = "persist-queue Queue (file)"
     modes = (FAST,)
     note = "fsyncs once per 100-item chunk only; put(); get(), task_done(); one process only"
@@ -242,30 +267,17 @@ class PersistFileQueue(Contender):
         os.mkdir(scratch)
         self.queue = persistqueue.Queue(os.path.join(directory, "queue"), tempdir=scratch)
 
-    def deliver_all(self, messages: Sequence[bytes]) -> None:
-        put = self.queue.put
-        for data in messages:
-            put(data)
-
-    def claim_all(self) -> list[bytes]:
-        import persistqueue
-
-        queue = self.queue
-        found = []
-        while True:
-            try:
-                data = queue.get(block=False)
-            except persistqueue.Empty:
-                return found
-            found.append(data)
-            queue.task_done()
+    def take(self) -> bytes:
+        data: bytes = self.queue.get(block=False)
+        self.queue.task_done()
+        return data
 
     def close(self) -> None:
         for file in (self.queue.headf, self.queue.tailf):
             file.close()
 
 
-class PersistSQLiteAckQueue(Contender):
+class PersistSQLiteAckQueue(PersistQueue):
     name = "persist-queue SQLiteAckQueue"
     modes = (DURABLE,)
     note = (
@@ -282,23 +294,11 @@ class PersistSQLiteAckQueue(Contender):
             os.path.join(directory, "queue"), auto_resume=False
         )
 
-    def deliver_all(self, messages: Sequence[bytes]) -> None:
-        put = self.queue.put
-        for data in messages:
-            put(data)
-
-    def claim_all(self) -> list[bytes]:
-        import persistqueue
-
-        queue = self.queue
-        found = []
-        while True:
-            try:
-                item = queue.get(block=False, raw=True)
-            except persistqueue.Empty:
-                return found
-            found.append(item["data"])
-            queue.ack(id=item["pqid"])
+    def take(self) -> bytes:
+        item = self.queue.get(block=False, raw=True)
+        self.queue.ack(id=item["pqid"])
+        data: bytes = item["data"]
+        return data
 
     def close(self) -> None:
         self.queue.close()

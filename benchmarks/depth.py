@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from common import Samples, payloads, quiet_gc, remove_tree
+from common import Samples, payloads, quiet_gc, remove_tree, table
 
 
 def _fill(new: str, count: int, start: int, messages: list[bytes]) -> int:
@@ -113,19 +113,20 @@ def run(config: Any, log: Any) -> dict[str, Any]:
 
 
 def summarize(result: dict[str, Any]) -> list[str]:
-    header = (
-        f"{'place':5} {'depth':>7} {'claims':>6} {'claim+ack/s':>11} {'vs shallow':>10} "
-        f"{'steady/s':>9} {'vs shallow':>10} {'1st claim':>9} {'listing':>8}"
+    return table(
+        [
+            ("place", "5", lambda row: row["place"]),
+            ("depth", ">7", lambda row: row["depth"]),
+            ("claims", ">6", lambda row: row["claims"]),
+            ("claim+ack/s", ">11.0f", lambda row: row["claim_per_s"]),
+            ("vs shallow", ">10.0%", lambda row: row["vs_shallowest"]),
+            ("steady/s", ">9.0f", lambda row: row["steady_claim_per_s"]),
+            ("vs shallow", ">10.0%", lambda row: row["steady_vs_shallowest"]),
+            ("1st claim s", ">11.3f", lambda row: row["first_claim_s"]),
+            ("listing s", ">9.3f", lambda row: row["listing_s"]),
+        ],
+        result["rows"],
     )
-    lines = [header, "-" * len(header)]
-    for row in result["rows"]:
-        lines.append(
-            f"{row['place']:5} {row['depth']:>7} {row['claims']:>6} {row['claim_per_s']:>11.0f} "
-            f"{row['vs_shallowest']:>10.0%} {row['steady_claim_per_s']:>9.0f} "
-            f"{row['steady_vs_shallowest']:>10.0%} {row['first_claim_s']:>8.3f}s "
-            f"{row['listing_s']:>7.3f}s"
-        )
-    return lines
 
 
 __all__ = ["remove_tree", "run", "summarize"]

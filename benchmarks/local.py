@@ -11,10 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from common import Place, Samples, check_exactly_once, median, payloads, remove_tree, rotate, timed
+from common import (
+    Place,
+    check_exactly_once,
+    interleaved,
+    measure_round_trip,
+    payloads,
+    remove_tree,
+    round_trip_row,
+    table,
+)
 from contenders import DURABLE, FAST, LOCAL_CONTENDERS, Contender, Floor, available
-
-PHASES = ("deliver", "claim", "round trip")
 
 
 def run_workload(
@@ -25,8 +32,7 @@ def run_workload(
     try:
         contender = contender_class(directory, durable)
         try:
-            deliver_seconds, _ = timed(lambda: contender.deliver_all(messages))
-            claim_seconds, found = timed(contender.claim_all)
+            rates, found = measure_round_trip(contender, messages)
         finally:
             contender.close()
     finally:
@@ -34,12 +40,7 @@ def run_workload(
     problem = check_exactly_once(found, len(messages))
     if problem:
         raise AssertionError(f"{contender_class.name} on {place.kind}: {problem}")
-    count = len(messages)
-    return {
-        "deliver": count / deliver_seconds,
-        "claim": count / claim_seconds,
-        "round trip": count / (deliver_seconds + claim_seconds),
-    }
+    return rates
 
 
 def measure_group(
@@ -51,44 +52,30 @@ def measure_group(
     log: Any,
 ) -> list[dict[str, Any]]:
     """Interleaved repetitions of ``contenders`` (the first must be the floor)."""
+    assert contenders[0].is_floor
     messages = payloads(count)
     counts = {c: min(count, c.max_messages or count) for c in contenders}
-    samples = {c: Samples() for c in contenders}
-    ratios = {c: Samples() for c in contenders}
-    floor = contenders[0]
-    assert floor.is_floor
-    for repetition in range(repeat):
-        this_round: dict[type[Contender], dict[str, float]] = {}
-        for contender in rotate(contenders, repetition):
-            rates = run_workload(contender, place, durable, messages[: counts[contender]])
-            this_round[contender] = rates
-            for phase, rate in rates.items():
-                samples[contender].add(phase, rate)
-            log(
-                f"  {place.kind:5} {'durable' if durable else 'fast':7} "
-                f"rep {repetition + 1}/{repeat} {contender.name:30} "
-                f"round trip {rates['round trip']:9.0f} msg/s"
-            )
-        for contender, rates in this_round.items():
-            for phase in PHASES:
-                ratios[contender].add(phase, rates[phase] / this_round[floor][phase])
-    rows = []
-    for contender in contenders:
-        rows.append(
-            {
-                "section": "local",
-                "place": place.kind,
-                "mode": DURABLE if durable else FAST,
-                "contender": contender.name,
-                "note": contender.note,
-                "messages": counts[contender],
-                "repeat": repeat,
-                "msg_per_s": {phase: samples[contender].median(phase) for phase in PHASES},
-                "vs_floor": {phase: ratios[contender].median(phase) for phase in PHASES},
-                "samples": samples[contender].values,
-            }
+    mode = DURABLE if durable else FAST
+    samples, ratios = interleaved(
+        contenders,
+        repeat,
+        lambda c: run_workload(c, place, durable, messages[: counts[c]]),
+        log,
+        f"{place.kind:5} {mode:7}",
+    )
+    return [
+        round_trip_row(
+            c,
+            samples,
+            ratios,
+            section="local",
+            place=place.kind,
+            mode=mode,
+            messages=counts[c],
+            repeat=repeat,
         )
-    return rows
+        for c in contenders
+    ]
 
 
 def run(config: Any, log: Any) -> dict[str, Any]:
@@ -108,24 +95,29 @@ def run(config: Any, log: Any) -> dict[str, Any]:
     return {"rows": rows, "skipped": skipped}
 
 
+ROUND_TRIP_COLUMNS = [
+    ("deliver/s", ">10.0f", lambda row: row["msg_per_s"]["deliver"]),
+    ("claim/s", ">9.0f", lambda row: row["msg_per_s"]["claim"]),
+    ("round/s", ">9.0f", lambda row: row["msg_per_s"]["round trip"]),
+    ("vs floor", ">8.0%", lambda row: row["vs_floor"]["round trip"]),
+]
+"""The columns of a round-trip table after the contender's name and N."""
+
+
 def summarize(result: dict[str, Any]) -> list[str]:
-    lines = []
-    header = (
-        f"{'place':5} {'mode':7} {'contender':30} {'N':>6} "
-        f"{'deliver/s':>10} {'claim/s':>9} {'round/s':>9} {'vs floor':>8}"
+    lines = table(
+        [
+            ("place", "5", lambda row: row["place"]),
+            ("mode", "7", lambda row: row["mode"]),
+            ("contender", "30", lambda row: row["contender"]),
+            ("N", ">6", lambda row: row["messages"]),
+            *ROUND_TRIP_COLUMNS,
+        ],
+        result["rows"],
     )
-    lines.append(header)
-    lines.append("-" * len(header))
-    for row in result["rows"]:
-        rates = row["msg_per_s"]
-        lines.append(
-            f"{row['place']:5} {row['mode']:7} {row['contender']:30} {row['messages']:>6} "
-            f"{rates['deliver']:>10.0f} {rates['claim']:>9.0f} {rates['round trip']:>9.0f} "
-            f"{row['vs_floor']['round trip']:>8.0%}"
-        )
     for name, reason in result["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
     return lines
 
 
-__all__ = ["median", "run", "summarize"]
+__all__ = ["ROUND_TRIP_COLUMNS", "run", "summarize"]

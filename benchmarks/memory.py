@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-from common import Samples, check_exactly_once, payloads, rotate, timed
+from common import (
+    check_exactly_once,
+    interleaved,
+    measure_round_trip,
+    payloads,
+    round_trip_row,
+    table,
+)
+from contenders import Filespool
+from local import ROUND_TRIP_COLUMNS
 
-PHASES = ("deliver", "claim", "round trip")
 _serial = itertools.count()
 
 
@@ -58,29 +65,15 @@ class MemoryFloor:
         self.fs.rm(self.root, recursive=True)
 
 
-class MemoryFilespool:
+class MemoryFilespool(Filespool):
     name = "filespool memory://"
     note = "FileStore('memory://...'): deliver(); claim(), read(), ack()"
-    is_floor = False
 
     def __init__(self) -> None:
         from filespool import FileStore
 
         self.store = FileStore(f"memory://fsbench-{next(_serial)}", durable=False)
         self.store.prepare()
-
-    def deliver_all(self, messages: Sequence[bytes]) -> None:
-        deliver = self.store.deliver
-        for data in messages:
-            deliver(data)
-
-    def claim_all(self) -> list[bytes]:
-        claim = self.store.claim
-        found = []
-        while (claimed := claim()) is not None:
-            found.append(claimed.read())
-            claimed.ack()
-        return found
 
     def close(self) -> None:
         from fsspec.implementations.memory import MemoryFileSystem
@@ -91,66 +84,46 @@ class MemoryFilespool:
 CONTENDERS = (MemoryFloor, MemoryFilespool)
 
 
+def run_workload(contender_class: Any, messages: Sequence[bytes]) -> dict[str, float]:
+    """One run of one contender: messages per second for each phase."""
+    contender = contender_class()
+    try:
+        rates, found = measure_round_trip(contender, messages)
+    finally:
+        contender.close()
+    problem = check_exactly_once(found, len(messages))
+    if problem:
+        raise AssertionError(f"{contender_class.name}: {problem}")
+    return rates
+
+
 def run(config: Any, log: Any) -> dict[str, Any]:
-    count = config.messages
-    messages = payloads(count)
-    samples = {c: Samples() for c in CONTENDERS}
-    ratios = {c: Samples() for c in CONTENDERS}
-    for repetition in range(config.repeat):
-        this_round = {}
-        for contender_class in rotate(CONTENDERS, repetition):
-            contender = contender_class()
-            try:
-                deliver_seconds, _ = timed(partial(contender.deliver_all, messages))
-                claim_seconds, found = timed(contender.claim_all)
-            finally:
-                contender.close()
-            problem = check_exactly_once(found, count)
-            if problem:
-                raise AssertionError(f"{contender_class.name}: {problem}")
-            rates = {
-                "deliver": count / deliver_seconds,
-                "claim": count / claim_seconds,
-                "round trip": count / (deliver_seconds + claim_seconds),
-            }
-            this_round[contender_class] = rates
-            for phase, rate in rates.items():
-                samples[contender_class].add(phase, rate)
-            log(
-                f"  memory rep {repetition + 1}/{config.repeat} {contender_class.name:28} "
-                f"round trip {rates['round trip']:9.0f} msg/s"
-            )
-        for contender_class, rates in this_round.items():
-            for phase in PHASES:
-                ratios[contender_class].add(phase, rates[phase] / this_round[MemoryFloor][phase])
+    messages = payloads(config.messages)
+    samples, ratios = interleaved(
+        CONTENDERS, config.repeat, lambda c: run_workload(c, messages), log, "memory"
+    )
     rows = [
-        {
-            "section": "memory",
-            "place": "memory",
-            "mode": "-",
-            "contender": c.name,
-            "note": c.note,
-            "messages": count,
-            "repeat": config.repeat,
-            "msg_per_s": {phase: samples[c].median(phase) for phase in PHASES},
-            "vs_floor": {phase: ratios[c].median(phase) for phase in PHASES},
-            "samples": samples[c].values,
-        }
+        round_trip_row(
+            c,
+            samples,
+            ratios,
+            section="memory",
+            place="memory",
+            mode="-",
+            messages=config.messages,
+            repeat=config.repeat,
+        )
         for c in CONTENDERS
     ]
     return {"rows": rows}
 
 
 def summarize(result: dict[str, Any]) -> list[str]:
-    header = (
-        f"{'contender':30} {'N':>6} {'deliver/s':>10} {'claim/s':>9} {'round/s':>9} {'vs floor':>8}"
+    return table(
+        [
+            ("contender", "30", lambda row: row["contender"]),
+            ("N", ">6", lambda row: row["messages"]),
+            *ROUND_TRIP_COLUMNS,
+        ],
+        result["rows"],
     )
-    lines = [header, "-" * len(header)]
-    for row in result["rows"]:
-        rates = row["msg_per_s"]
-        lines.append(
-            f"{row['contender']:30} {row['messages']:>6} {rates['deliver']:>10.0f} "
-            f"{rates['claim']:>9.0f} {rates['round trip']:>9.0f} "
-            f"{row['vs_floor']['round trip']:>8.0%}"
-        )
-    return lines

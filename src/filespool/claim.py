@@ -20,22 +20,21 @@ class Claim(str):
     takes long.
     """
 
+    name: str
+    """The file's bare name, as a plain `str`."""
     store: FileStore
-    finished: bool
+    """The store the file was claimed from."""
+    finished: bool = False
+    """Whether `ack`, `release` or `fail` has been called."""
 
     def __new__(cls, name: str, store: FileStore) -> Claim:
         claim = super().__new__(cls, name)
+        claim.name = name
         claim.store = store
-        claim.finished = False
         return claim
 
     def __reduce__(self) -> tuple[type[Claim], tuple[str, FileStore]]:
         return (Claim, (str(self), self.store))
-
-    @property
-    def name(self) -> str:
-        """The file's bare name."""
-        return str(self)
 
     @property
     def path(self) -> str:

@@ -20,6 +20,8 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 # Errors by which a filesystem says "this rename flag (or link) is not supported here".
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -239,7 +241,11 @@ class LocalBackend(Backend):
             # Inline, with no context manager: a claim is mostly this call, and so is a lost race.
             assert _renameat2 is not None
             if not _renameat2(
-                _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+                _AT_FDCWD,
+                source.encode(_FS_ENCODING, _FS_ERRORS),  # what os.fsencode does, minus a call
+                _AT_FDCWD,
+                target.encode(_FS_ENCODING, _FS_ERRORS),
+                _RENAME_NOREPLACE,
             ):
                 return
             code = ctypes.get_errno()
