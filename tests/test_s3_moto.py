@@ -23,6 +23,7 @@ from filespool.backends.s3 import (
     S3EndpointUnreachable,
     S3Unsupported,
 )
+from s3_launch import free_port, moto_server
 from s3_servers import (
     DropResponseProxy,
     S3Contract,
@@ -33,9 +34,7 @@ from s3_servers import (
     everywhere,
     fail_first,
     filesystem,
-    free_port,
     lose_responses,
-    moto_server,
     new_bucket,
     options,
     raw,
@@ -56,7 +55,7 @@ def bucket(endpoint: str) -> str:
 
 
 class TestS3Moto(S3Contract):
-    # moto answers one request at a time (see s3_servers.moto_server) from this process;
+    # moto answers one request at a time (see s3_launch.moto_server) from this process;
     # the fresh-claim test must drain 10 * race_rounds claims within its 30 s lease while a
     # recoverer lists in a loop. 8-thread races still run 5 rounds each.
     race_rounds = 5
@@ -152,9 +151,18 @@ def test_moto_is_probed_once_onto_the_multipart_method(endpoint: str, bucket: st
     # a conditional CompleteMultipartUpload.
     assert calls["CopyObject"] == 1
     assert calls["CompleteMultipartUpload"] == 2
-    probes = dict(calls)
+    # The refused completion left the destination alone (the copy's overwrite is not
+    # blamed on it): claims need no look before copying.
+    assert backend._look_before_copying is False
+    probes = calls.copy()
     assert store.claim() == second
-    assert calls["CopyObject"] == probes["CopyObject"]  # no second probe
+    # No second probe; a claim is the multipart copy and the delete of the source, no HEAD.
+    assert calls - probes == {
+        "CreateMultipartUpload": 1,
+        "UploadPartCopy": 1,
+        "CompleteMultipartUpload": 1,
+        "DeleteObject": 1,
+    }
     assert not fsspec_keys(endpoint, bucket, "spool/.probe/")
     # A pickled copy (another worker) keeps what was learnt.
     assert pickle.loads(pickle.dumps(backend))._method == "multipart"

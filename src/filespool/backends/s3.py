@@ -652,10 +652,12 @@ class S3Backend(Backend):
         base = f"{self._folder_key('.probe')}{uuid.uuid4().hex}"
         source, taken = f"{base}-source", f"{base}-taken"
         self._call("put_object", Key=source, Body=b"source")
-        self._call("put_object", Key=taken, Body=b"taken")
         try:
             version = self._version_of(source)
             for method in ("copy", "multipart"):
+                # Afresh for each method: one that overwrote it (moto's CopyObject) must not
+                # make the next look as if its refusal had damaged the destination.
+                self._call("put_object", Key=taken, Body=b"taken")
                 try:
                     self._copy_object(
                         source, taken, version, _fresh_metadata(), exclusive=True, method=method
