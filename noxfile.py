@@ -18,6 +18,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 BENCH_PEERS = ["gocept.filestore==1.0", "dirq==1.8", "persist-queue==1.1.0", "matplotlib>=3.8"]
+BENCH_S3 = ["moto[server]>=5.1"]  # the s3 section's in-process server
 # LocalStack without Docker: its own Python 3.13 environment, built once and reused.
 LOCALSTACK = ["localstack-core[runtime]==2026.3.0", "cbor2<5.7", "service_identity", "pyopenssl<26"]
 LOCALSTACK_VENV = Path(".nox/localstack-venv")
@@ -56,9 +57,42 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the system-call floor and the peers (`-- --quick` for a smoke run)."""
-    session.install(".", *BENCH_PEERS)
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    """Benchmarks against the system-call floor and the peers (`-- --quick` for a smoke run).
+
+    The s3 section runs moto in-process and LocalStack in its own Python 3.13 environment
+    (built on the first run, as for `nox -s s3`); without python3.13 it skips LocalStack.
+    """
+    session.install(".[s3]", *BENCH_S3, *BENCH_PEERS)
+    env: dict[str, str] = {}
+    if _runs_s3(session.posargs):
+        if _localstack_possible():
+            env["FILESPOOL_LOCALSTACK_PYTHON"] = _localstack_python(session)
+        else:
+            session.warn("python3.13 is not available: the s3 benchmarks will skip LocalStack")
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)
+
+
+def _runs_s3(arguments: list[str]) -> bool:
+    """Whether benchmarks/run.py, given these arguments, runs its s3 section (the default)."""
+    for index, argument in enumerate(arguments):
+        if argument == "--sections" and index + 1 < len(arguments):
+            return "s3" in arguments[index + 1].split(",")
+        if argument.startswith("--sections="):
+            return "s3" in argument.removeprefix("--sections=").split(",")
+    return True
+
+
+def _localstack_possible() -> bool:
+    """Whether `_localstack_python` finds LocalStack's environment or can build it."""
+    ready = LOCALSTACK_VENV / "filespool-ready"
+    built = (LOCALSTACK_VENV / "bin" / "python").exists() and ready.exists()
+    if built and ready.read_text() == "\n".join(LOCALSTACK):
+        return True
+    base = shutil.which("python3.13")
+    return (
+        base is not None
+        and subprocess.run([base, "--version"], capture_output=True).returncode == 0
+    )
 
 
 @nox.session

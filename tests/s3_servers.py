@@ -1,23 +1,16 @@
-"""Real S3 servers for the tests (moto in-process, LocalStack as a child), and fault tools."""
+"""Helpers for the S3 tests: stores, request counters, fault tools (servers: s3_launch)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
-import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec.asyn
@@ -52,96 +45,6 @@ def new_bucket(endpoint: str) -> str:
     name = f"spool-{uuid.uuid4().hex[:16]}"
     raw(filesystem(endpoint), "create_bucket", Bucket=name)
     return name
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's server, answering one request at a time.
-
-    moto checks conditional writes without a lock: answering concurrent requests, it can
-    let two conditional PUTs (or completions) win. One at a time, its checks are atomic, as
-    S3's are, so races test filespool rather than moto's missing lock.
-    """
-    from moto.moto_server.threaded_moto_server import MotoRequestHandler, ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
-
-    class SerialMotoServer(ThreadedMotoServer):  # type: ignore[misc]
-        def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
-            self._server = make_server(
-                self._ip_address, self._port, app, False, request_handler=MotoRequestHandler
-            )
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def localstack(python: str, startup_timeout: float = 120) -> Iterator[str]:
-    """LocalStack's S3 on a free loopback port, without Docker, isolated in its own TMPDIR.
-
-    Its object files still go to /tmp/localstack-s3-storage/<bucket>: use unique buckets.
-    """
-    port = free_port()
-    scratch = tempfile.mkdtemp(prefix="filespool-localstack-")
-    env = dict(
-        os.environ,
-        SERVICES="s3",
-        GATEWAY_LISTEN=f"127.0.0.1:{port}",
-        DNS_ADDRESS="0",
-        DISABLE_EVENTS="1",
-        SKIP_SSL_CERT_DOWNLOAD="1",
-        TMPDIR=scratch,
-    )
-    log_path = os.path.join(scratch, "localstack.log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [python, "-m", "localstack.runtime.main"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                with open(log_path, errors="replace") as log_file:
-                    tail = log_file.read()[-3000:]
-                raise RuntimeError(f"LocalStack exited with {process.returncode}:\n{tail}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(url + "/_localstack/health", timeout=1),
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"LocalStack did not answer at {url} in {startup_timeout} s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def count_calls(backend: S3Backend) -> Counter[str]:
@@ -296,7 +199,6 @@ CRASHING_CLAIMER = """
 import json, sys, time
 from filespool import FileStore
 from filespool.backends.s3 import S3Backend
-from filespool.testing import MultiProcessContract
 
 def stall(self, key, etag):
     print("copied", flush=True)

@@ -17,6 +17,7 @@ import pytest
 from filespool import AlreadyExists
 from filespool.backends import s3
 from filespool.testing import claim_in_processes
+from s3_launch import localstack
 from s3_servers import (
     S3Contract,
     backend_of,
@@ -24,7 +25,6 @@ from s3_servers import (
     count_by_folder,
     count_calls,
     everywhere,
-    localstack,
     new_bucket,
     options,
     store_on,
