@@ -5,6 +5,7 @@ Also: `nox -s docs` (the site), `nox -s bench` (benchmarks), `nox -s s3` (LocalS
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,14 +20,22 @@ RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 BENCH_PEERS = ["gocept.filestore==1.0", "dirq==1.8", "persist-queue==1.1.0", "matplotlib>=3.8"]
 BENCH_S3 = ["moto[server]>=5.1"]  # the s3 section's in-process server
-# LocalStack without Docker: its own Python 3.13 environment, built once and reused.
+# LocalStack without Docker: its own Python 3.13 environment, built once per machine and
+# reused by every checkout (a fresh clone need not rebuild it); rebuilt when LOCALSTACK changes.
 LOCALSTACK = ["localstack-core[runtime]==2026.3.0", "cbor2<5.7", "service_identity", "pyopenssl<26"]
-LOCALSTACK_VENV = Path(".nox/localstack-venv")
+LOCALSTACK_VENV = Path(
+    os.environ.get("FILESPOOL_LOCALSTACK_VENV")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "filespool" / "localstack"
+)
 
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite (unit, contract, races, docs examples)."""
+    """The whole test suite (unit, contract, races, docs examples).
+
+    `-- -m "not slow"` leaves out what needs minutes and is the same on every Python (the
+    S3 contract on moto, the crash soaks): CI runs those once, on the default Python.
+    """
     session.install(".[test]")
     session.run("pytest", *session.posargs)
 

@@ -18,6 +18,8 @@ import pytest
 
 from filespool import FileStore
 
+pytestmark = pytest.mark.slow
+
 WORKERS = Path(__file__).with_name("workers.py")
 FOLDERS = ("new", "cur", "failed")
 

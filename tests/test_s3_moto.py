@@ -54,6 +54,7 @@ def bucket(endpoint: str) -> str:
     return new_bucket(endpoint)
 
 
+@pytest.mark.slow
 class TestS3Moto(S3Contract):
     # moto answers one request at a time (see s3_launch.moto_server) from this process;
     # the fresh-claim test must drain 10 * race_rounds claims within its 30 s lease while a
