@@ -19,8 +19,9 @@ from aiobotocore.awsrequest import AioAWSResponse
 from botocore.awsrequest import HeadersDict
 from s3fs import S3FileSystem
 
-from filespool import FileStore
+from filespool import FileStore, LeaseLost
 from filespool.backends.s3 import S3Backend
+from filespool.names import split_file_name
 from filespool.testing import MultiProcessContract
 
 CREDENTIALS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
@@ -236,11 +237,11 @@ def claim_and_crash_before_the_delete(url: str, storage_options: dict[str, Any])
 
 
 def everywhere(store: FileStore) -> dict[str, list[str]]:
-    """Each name in new/, cur/ or failed/, with the folders it is in."""
+    """Each message in new/, cur/ or failed/, with the folders it is in (once per file)."""
     found: dict[str, list[str]] = {}
     for folder in ("new", "cur", "failed"):
         for name in store.names(folder):
-            found.setdefault(name, []).append(folder)
+            found.setdefault(split_file_name(name)[0], []).append(folder)
     return found
 
 
@@ -269,6 +270,141 @@ class S3Contract(MultiProcessContract):
         """An s3fs filesystem on the same server, and the store's path in it."""
         endpoint = backend_of(store).storage_options["endpoint_url"]
         return _shared_filesystem(endpoint), store.url.removeprefix("s3://")
+
+    # -- fenced claims against S3's two-step moves and lost answers ---------------------
+
+    def test_a_claimer_stalled_between_copy_and_delete_loses_nothing(
+        self, prepared: FileStore
+    ) -> None:
+        """A claim pauses after its copy into cur/, before the delete from new/, past its
+        lease: the message is recovered and claimed again, and the resumed claimer
+        neither deletes the only copy nor holds a claim it can act on."""
+        name = prepared.deliver(b"payload")
+        stalled = self.again(prepared)
+        copied, go_on = threading.Event(), threading.Event()
+        delete = backend_of(stalled)._delete_moved_source
+
+        def pause(key: str, etag: str) -> bool:
+            copied.set()
+            go_on.wait(60)
+            return delete(key, etag)
+
+        backend_of(stalled)._delete_moved_source = pause  # type: ignore[method-assign]
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(stalled.claim()))
+        thread.start()
+        assert copied.wait(60)
+        assert prepared.recover(older_than=0).returned == [name]
+        later = self.again(prepared).claim()
+        assert later == name
+        go_on.set()
+        thread.join()
+        [late] = result
+        if late is not None:  # without conditional deletes the claimer cannot tell it lost
+            with pytest.raises(LeaseLost):
+                late.ack()
+        assert later.read() == b"payload"
+        later.ack()
+        assert everywhere(prepared) == {}
+
+    def test_a_lost_answer_to_an_ack_is_a_success(self, prepared: FileStore) -> None:
+        """The delete went through, its answer was lost, botocore's retry finds nothing."""
+        names = [prepared.deliver(b"x") for _ in range(3)]
+        claims = [prepared.claim() for _ in names]
+        left = lose_responses(backend_of(prepared), "DeleteObject", 3)
+        for claim in claims:
+            assert claim is not None
+            claim.ack()
+        assert left == [0]
+        assert everywhere(prepared) == {}
+
+    def test_acks_with_dropped_answers_all_succeed(self, endpoint: str, bucket: str) -> None:
+        """A third of the acks lose their answer to a dropped connection."""
+        proxy = DropResponseProxy(endpoint)
+        try:
+            store = store_on(proxy.url, bucket)
+            store.prepare()
+            for _ in range(15):
+                store.deliver(b"x")
+            acked = 0
+            while (claim := store.claim()) is not None:
+                if acked % 3 == 0:
+                    proxy.arm(rb"^DELETE ", budget=1)
+                claim.ack()
+                acked += 1
+            assert (acked, proxy.dropped) == (15, 5)
+        finally:
+            proxy.stop()
+        assert everywhere(store_on(endpoint, bucket)) == {}
+
+    @pytest.mark.parametrize(
+        ("acked", "left"),
+        [(False, ["cur"]), (True, ["new"])],
+        ids=["claimed: not published twice", "claimed and acked: published twice"],
+    )
+    def test_a_delivery_retried_after_a_claim(
+        self, endpoint: str, bucket: str, acked: bool, left: list[str]
+    ) -> None:
+        """The PUT lands, its answer is lost, a consumer claims the message, and only then
+        does botocore's retry create it again: the second copy is taken back. The
+        documented limit: a message claimed *and* acked in between cannot be told from
+        one never delivered, and is published again."""
+        store = store_on(endpoint, bucket)
+        store.prepare()
+        claim_meanwhile = _claimer_before_the_retry(store, endpoint, bucket, ack=acked)
+        store.deliver(b"payload", "job")
+        assert claim_meanwhile.done
+        assert everywhere(store) == {"job": left}
+
+
+class _ClaimBeforeRetry:
+    """A botocore hook: after the first PUT of `new/job` lands, claim (and maybe ack) the
+    message with another client, then make botocore send the PUT again."""
+
+    def __init__(self, store: FileStore, endpoint: str, bucket: str, *, ack: bool) -> None:
+        import boto3
+
+        self.client = boto3.client("s3", endpoint_url=endpoint, **_BOTO3_CREDENTIALS)
+        self.bucket = bucket
+        self.key = backend_of(store)._key("new", "job")
+        self.ack = ack
+        self.done = False
+
+    def __call__(self, response: Any, **_: Any) -> int | None:
+        if self.done or response is None or response[0].status_code >= 300:
+            return None
+        self.done = True
+        key, claimed = self.key, self.key.replace("/new/", "/cur/", 1)
+        source = {"Bucket": self.bucket, "Key": key}
+        self.client.copy_object(
+            Bucket=self.bucket,
+            Key=claimed,
+            CopySource=source,
+            MetadataDirective="REPLACE",
+            Metadata={"filespool-moved-from": "new/" + self._etag(key)},
+        )
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+        if self.ack:
+            self.client.delete_object(Bucket=self.bucket, Key=claimed)
+        return 0  # retry at once
+
+    def _etag(self, key: str) -> str:
+        return str(self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]).strip('"')
+
+
+_BOTO3_CREDENTIALS = {
+    "aws_access_key_id": "test",
+    "aws_secret_access_key": "test",
+    "region_name": "us-east-1",
+}
+
+
+def _claimer_before_the_retry(
+    store: FileStore, endpoint: str, bucket: str, *, ack: bool
+) -> _ClaimBeforeRetry:
+    hook = _ClaimBeforeRetry(store, endpoint, bucket, ack=ack)
+    backend_of(store).client.meta.events.register("needs-retry.s3.PutObject", hook)
+    return hook
 
 
 @functools.cache

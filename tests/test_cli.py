@@ -85,7 +85,7 @@ def test_stats_recover_and_cleanup(spool: str) -> None:
 
 # The command for `work`: reads the file, logs its name, and exits as the content says.
 BEHAVE = r"""
-name=$(basename "$1"); echo "$name" >> "$LOG"
+echo "$FILESPOOL_NAME" >> "$LOG"
 case $(cat "$1") in
   ok) exit 0;;
   fail) exit 3;;

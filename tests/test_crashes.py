@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from filespool import FileStore
+from filespool.names import split_file_name
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def places(store: FileStore) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for folder in FOLDERS:
         for name in store.names(folder):
-            found.setdefault(name, []).append(folder)
+            found.setdefault(split_file_name(name)[0], []).append(folder)
     return found
 
 

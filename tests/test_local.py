@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -217,8 +218,10 @@ def test_recover_resolves_a_move_interrupted_between_link_and_unlink(tmp_path: P
     os.link(tmp_path / "new" / name, tmp_path / "cur" / name)  # what a crash after link() leaves
     assert store.claim() is None  # a file in both folders is not claimed again
     assert store.recover(older_than=0).returned == [name]
-    assert (store.names("new"), store.names("cur")) == ([name], [])
+    # Taken over (generation 1), the copy left in new/ removed, and given back (generation 2).
+    assert (store.names("new"), store.names("cur")) == ([f"{name}:2"], [])
     assert store.claim() == name
+    assert store.claim() is None
 
 
 def test_a_taken_staging_name_is_never_reused_or_removed(
@@ -236,3 +239,43 @@ def test_a_taken_staging_name_is_never_reused_or_removed(
     assert store.read(name, "new") == store.read(name, "cur") == b"delivered"
     assert taken.read_bytes() == b"someone else's"
     assert sorted(os.listdir(tmp_path / "spool" / "tmp")) == [".stage.taken"]
+
+
+def test_a_claim_stalled_between_link_and_unlink_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the link fallback a claim is link() then unlink(). The claimer pauses between the
+    two past its lease: the message is recovered and claimed again, and the resumed
+    claimer neither removes the only copy nor holds a claim it can act on."""
+
+    def fallback() -> FileStore:
+        backend = LocalBackend(tmp_path / "spool")
+        backend._use_renameat2 = False
+        return FileStore(backend)
+
+    store, stalled = fallback(), fallback()
+    store.prepare()
+    name = store.deliver(b"payload")
+    linked, go_on = threading.Event(), threading.Event()
+    real_unlink = os.unlink
+
+    def unlink(path: str, *args: object, **kwargs: object) -> None:
+        if threading.current_thread() is worker and "/new/" in path and not linked.is_set():
+            linked.set()
+            go_on.wait(60)
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(stalled.claim()))
+    worker.start()
+    assert linked.wait(60)
+    assert store.recover(older_than=0).returned == [name]
+    later = store.claim()
+    assert later == name
+    go_on.set()
+    worker.join()
+    assert result == [None]  # it found its source gone, took its link back: a lost race
+    assert later.read() == b"payload"
+    later.ack()
+    assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from filespool.errors import InvalidName
-from filespool.names import unique_name, validate_name
+from filespool.names import (
+    MAX_MESSAGE_NAME_BYTES,
+    file_name,
+    split_file_name,
+    unique_name,
+    validate_file_name,
+    validate_name,
+)
 
 
 @given(st.text())
@@ -18,9 +25,9 @@ def test_valid_names_are_exactly_the_safe_ones(name: str) -> None:
     safe = (
         name != ""
         and not name.startswith(".")
-        and not any(c in name for c in "/\\\0")
+        and not any(c in name for c in "/\\\0:")
         and not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
-        and len(name.encode("utf-8", "surrogatepass")) <= 255
+        and len(name.encode("utf-8", "surrogatepass")) <= MAX_MESSAGE_NAME_BYTES
     )
     if safe:
         assert validate_name(name) == name
@@ -47,3 +54,22 @@ def test_names_do_not_collide_across_processes() -> None:
         batches = pool.map(_names_in_child, [2000] * 4)
     everything = [name for batch in batches for name in batch]
     assert len(set(everything)) == len(everything)
+
+
+@given(st.text(min_size=1, max_size=40), st.integers(min_value=0, max_value=10**20 - 1))
+def test_file_names_split_back_into_message_and_generation(name: str, generation: int) -> None:
+    try:
+        validate_name(name)
+    except InvalidName:
+        return
+    assert split_file_name(file_name(name, generation)) == (name, generation)
+    assert validate_file_name(file_name(name, generation)) == file_name(name, generation)
+    assert len(file_name("x" * MAX_MESSAGE_NAME_BYTES, generation).encode()) <= 255
+
+
+@pytest.mark.parametrize(
+    "bad", ["job:", "job:0", "job:01", "job:x", "job:1:2", ":3", "job:-1", "job:\u0661"]
+)
+def test_file_names_with_a_colon_must_be_a_generation(bad: str) -> None:
+    with pytest.raises(InvalidName):
+        split_file_name(bad)

@@ -10,7 +10,7 @@ import random
 import sys
 import time
 
-from filespool import FileStore, NotFound
+from filespool import FileStore, LeaseLost
 
 
 def consume(store: FileStore, log: object) -> None:
@@ -45,8 +45,8 @@ def churn(store: FileStore, log: object) -> None:
                 claim.extend()
             else:
                 claim.ack()
-        except NotFound:
-            pass  # the recover worker gave the claim back first: expected, the lease is 0 s
+        except LeaseLost:
+            pass  # the recover worker took the claim back first: expected, the lease is 0 s
 
 
 def recover(store: FileStore, log: object) -> None:

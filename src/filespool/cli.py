@@ -342,7 +342,12 @@ class _JsonReporter(_Reporter):
             print(line, file=self.stream, flush=True)
 
     def summary(self, tally: Tally) -> None:
-        fields = {"acked": tally.acked, "retried": tally.retried, "failed": tally.failed}
+        fields = {
+            "acked": tally.acked,
+            "retried": tally.retried,
+            "failed": tally.failed,
+            "lost": tally.lost,
+        }
         print(
             json.dumps({"event": "summary", **fields, "seconds": tally.seconds}), file=self.stream
         )
@@ -403,8 +408,9 @@ class _ProgressReporter(_Reporter):
 
 def _summary_line(tally: Tally) -> str:
     rate = (tally.acked + tally.failed) / tally.seconds if tally.seconds else 0.0
+    lost = f", lease lost {tally.lost}" if tally.lost else ""
     return (
-        f"acked {tally.acked}, retried {tally.retried}, failed {tally.failed} "
+        f"acked {tally.acked}, retried {tally.retried}, failed {tally.failed}{lost} "
         f"in {tally.seconds:.1f} s ({rate:,.1f} files/s)"
     )
 

@@ -37,6 +37,15 @@ class AlreadyExists(FileStoreError, FileExistsError):
     """A file of that name already exists in the destination folder."""
 
 
+class LeaseLost(FileStoreError):
+    """This claim no longer holds its file: its lease expired and `recover` gave the file
+    back (or another worker took it over), or the claim was finished already.
+
+    The step that raised changed nothing. Stop working on the file: another claim may be
+    processing it now.
+    """
+
+
 class NotPrepared(FileStoreError, FileNotFoundError):
     """The store's folders do not exist: call `prepare()` first."""
 

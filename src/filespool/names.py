@@ -13,32 +13,79 @@ import time
 from filespool.errors import InvalidName
 
 MAX_NAME_BYTES = 255
-_FORBIDDEN_CHARACTERS = ("/", "\\", "\0")
+"""The longest file name, in UTF-8 bytes, that every backend takes."""
+MAX_MESSAGE_NAME_BYTES = MAX_NAME_BYTES - 21
+"""The longest message name: room is left for `:` and a generation of up to 20 digits."""
+GENERATION_MARK = ":"
+"""Between a message's name and its generation in a file name, as in `job-17:3`."""
+_PATH_CHARACTERS = ("/", "\\", "\0")
 _UNSAFE_HOST_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def validate_name(name: object) -> str:
     """Return `name` if it is a safe bare file name, else raise `InvalidName`.
 
-    A safe name is a non-empty string without `/`, `\\` or NUL, does not
-    start with `.` (which also rules out `.` and `..`; dotfiles are
-    reserved for staging), and is at most 255 bytes in UTF-8.
+    A safe name is a non-empty string without `/`, `\\`, NUL or `:` (which
+    marks a generation, see `file_name`), does not start with `.` (which also
+    rules out `.` and `..`; dotfiles are reserved for staging), and is at most
+    `MAX_MESSAGE_NAME_BYTES` in UTF-8 (255 less room for a generation).
     """
     if not isinstance(name, str):
         raise InvalidName(f"a file name must be a str, not {type(name).__name__}")
     if not name:
         raise InvalidName("a file name must not be empty")
-    for character in _FORBIDDEN_CHARACTERS:
+    for character in _PATH_CHARACTERS:
         if character in name:
             raise InvalidName(f"file name {name!r} contains {character!r}; pass a bare name")
+    if GENERATION_MARK in name:
+        raise InvalidName(
+            f"name {name!r} contains {GENERATION_MARK!r}, which file names use to mark a "
+            "generation (`name:N`); choose a message name without it"
+        )
     if name.startswith("."):
         raise InvalidName(f"file name {name!r} starts with '.'; such names are reserved")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidName(f"file name {name!r} cannot be encoded as UTF-8") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidName(f"file name is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
+    if size > MAX_MESSAGE_NAME_BYTES:
+        raise InvalidName(
+            f"name is {size} bytes in UTF-8; the limit is {MAX_MESSAGE_NAME_BYTES} (255 less "
+            "room for a generation)"
+        )
+    return name
+
+
+def file_name(message: str, generation: int) -> str:
+    """The file name of a message's `generation`: the bare name for 0, else `name:N`.
+
+    A message gets a new generation whenever its claim is renewed or given back, so
+    each claim holds a file name no other claim of the message ever holds.
+    """
+    return message if generation == 0 else f"{message}{GENERATION_MARK}{generation}"
+
+
+def split_file_name(name: str) -> tuple[str, int]:
+    """A file name's message name and generation (`job:3` -> `("job", 3)`).
+
+    Raises `InvalidName` for a name that is neither a message name nor `name:N`.
+    """
+    message, mark, generation = name.rpartition(GENERATION_MARK)
+    if not mark:
+        return validate_name(name), 0
+    if not (generation.isascii() and generation.isdigit()) or generation.startswith("0"):
+        raise InvalidName(
+            f"file name {name!r} has {GENERATION_MARK!r} but not as `name:N` with N a "
+            "generation (1, 2, ...); message names cannot contain it"
+        )
+    return validate_name(message), int(generation)
+
+
+def validate_file_name(name: object) -> str:
+    """Return `name` if it is a message name or `name:N`, else raise `InvalidName`."""
+    if not isinstance(name, str):
+        raise InvalidName(f"a file name must be a str, not {type(name).__name__}")
+    split_file_name(name)
     return name
 
 

@@ -27,11 +27,11 @@ import pickle
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from datetime import timedelta
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 import fsspec
 import pytest
@@ -45,23 +45,27 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from filespool.claim import Claim, FolderStats, Record, Recovery
+from filespool.backends.base import Backend, Entry
 from filespool.errors import (
     AlreadyExists,
     FileStoreError,
     InvalidFolder,
     InvalidMode,
     InvalidName,
+    LeaseLost,
     NotFound,
     NotPrepared,
 )
-from filespool.store import FOLDERS, FileStore
+from filespool.names import split_file_name
+from filespool.queue import Claim, Record, Recovery
+from filespool.store import FOLDERS, FileStore, FolderStats
 
 BAD_NAMES: list[Any] = [
     "",
     ".",
     "..",
     "a/b",
+    "a:b",
     "../new/x",
     "..\\new\\x",
     "a\0b",
@@ -73,6 +77,9 @@ BAD_NAMES: list[Any] = [
     5,
     b"bytes",
 ]
+STALLABLE = ["claim", "read", "extend", "ack", "release", "fail", "recover"]
+"""The operations the stall matrix pauses at every step of."""
+
 BAD_FOLDERS: list[Any] = ["", "TMP", "../tmp", "tmp/", ".records", "dead", ".", None, 1]
 
 
@@ -388,15 +395,16 @@ class StoreContract:
         assert claim is not None
         claim.ack()
         assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
-        with pytest.raises(NotFound):
-            claim.ack()
+        claim.ack()  # the message is done: a second ack (or a retried one) is no error
+        with pytest.raises(LeaseLost):
+            claim.release()
 
     def test_release_gives_the_file_back_and_counts_an_attempt(self, prepared: FileStore) -> None:
         name = prepared.deliver(b"x")
         claim = prepared.claim()
         assert claim is not None
         assert claim.release() == "new"
-        assert prepared.names("new") == [name]
+        assert prepared.names("new") == [f"{name}:2"]  # renewed as :1, given back as :2
         assert prepared.record(name) == Record(attempts=1)
         again = prepared.claim()
         assert again == name
@@ -439,7 +447,7 @@ class StoreContract:
         assert not prepared.exists(first, "new")
         with pytest.raises(RuntimeError), prepared.claim() as claim:  # type: ignore[union-attr]
             raise RuntimeError("handler crashed")
-        assert prepared.exists(second, "new")
+        assert prepared.exists(f"{second}:2", "new")
         assert prepared.record(second).attempts == 1
         with prepared.claim() as claim:  # type: ignore[union-attr]
             assert claim == third
@@ -462,7 +470,9 @@ class StoreContract:
         assert prepared.recover(older_than=3600) == Recovery([], [])
         assert prepared.names("cur") == [name]
         assert prepared.recover(older_than=0) == Recovery([name], [])
-        assert prepared.names("new") == [name]
+        # Taken over as generation 1, then given back as generation 2.
+        assert prepared.names("new") == [f"{name}:2"]
+        assert prepared.names("cur") == []
         assert prepared.record(name).attempts == 1
 
     def test_recover_dead_letters_at_max_attempts(self, prepared: FileStore) -> None:
@@ -473,15 +483,22 @@ class StoreContract:
         assert prepared.names("failed") == [name]
         assert "lease expired" in (prepared.record(name).reason or "")
 
-    def test_extend_renews_the_lease(self, prepared: FileStore) -> None:
-        prepared.deliver(b"x")
+    def test_extend_renews_the_lease_under_the_next_generation(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
         claim = prepared.claim()
         assert claim is not None
-        claimed_at = prepared.backend.info("cur", claim).changed
-        time.sleep(0.05)
+        claimed_at = prepared.backend.info("cur", claim.file_name).changed
         claim.extend()
-        assert prepared.backend.info("cur", claim).changed > claimed_at
-        assert time.time() - prepared.backend.info("cur", claim).changed < 30
+        assert claim == name
+        assert claim.file_name == f"{name}:1"
+        assert prepared.names("cur") == [f"{name}:1"]
+        assert claim.path == prepared.list("cur")[0]
+        assert prepared.backend.info("cur", claim.file_name).changed >= claimed_at
+        assert claim.read() == b"x"
+        claim.extend()
+        assert prepared.names("cur") == [f"{name}:2"]
+        claim.ack()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
 
     def test_a_fresh_claim_is_never_recovered(self, prepared: FileStore) -> None:
         names = {prepared.deliver(b"x") for _ in range(10 * self.race_rounds)}
@@ -522,7 +539,7 @@ class StoreContract:
     def test_cleanup_drops_records_of_files_that_are_gone(self, prepared: FileStore) -> None:
         name = prepared.deliver(b"x")
         prepared.claim().release()  # type: ignore[union-attr]
-        prepared.remove(name, "new")  # removed behind the queue's back
+        prepared.remove(f"{name}:2", "new")  # removed behind the queue's back
         assert prepared.record(name).attempts == 1
         prepared.cleanup(older_than=0)
         assert prepared.record(name) == Record()
@@ -711,6 +728,86 @@ class StoreContract:
         assert Counter(claimed) == Counter(names)
         assert set(prepared.names("cur")) == names
 
+    # -- fenced claims: a late worker can never act on a later claim ----------
+
+    def test_a_late_worker_can_do_nothing_to_a_later_claim(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"payload")
+        late = prepared.claim()
+        assert late is not None
+        assert prepared.recover(older_than=0).returned == [name]  # its lease ran out
+        later = self.again(prepared).claim()
+        assert later == name
+        steps: list[Callable[[], object]] = [
+            late.read,
+            late.open,
+            late.ack,
+            late.release,
+            partial(late.fail, "late"),
+            late.extend,
+            partial(prepared.ack, late.file_name),
+        ]
+        for step in steps:
+            with pytest.raises(LeaseLost):
+                step()
+        assert prepared.record(name).attempts == 1
+        assert later.read() == b"payload"
+        later.extend()
+        later.ack()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+
+    def test_of_a_renewal_and_a_take_over_exactly_one_wins(self, prepared: FileStore) -> None:
+        worker, recoverer = self.again(prepared), self.again(prepared)
+        for _ in range(self.race_rounds):
+            name = prepared.deliver(b"x")
+            claim = worker.claim()
+            assert claim == name
+            results = self._race([claim.extend, partial(recoverer.recover, 0)])
+            returned = results[1].returned if isinstance(results[1], Recovery) else results
+            if results[0] is None and returned == []:  # renewed before the recoverer looked
+                claim.ack()
+                continue
+            assert returned == [name], results
+            if results[0] is None:
+                # Renewed first (as `:1`); the recoverer, which counts every claim as
+                # expired here, then took over `:1` (as `:2`), never the stale `:0`.
+                assert prepared.names("new") == [f"{name}:3"], results
+            else:
+                assert isinstance(results[0], LeaseLost), results
+                assert prepared.names("new") == [f"{name}:2"], results
+            with pytest.raises(LeaseLost):
+                claim.ack()
+            assert worker.claim() == name
+            worker.ack(worker.names("cur")[0])
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+
+    def test_concurrent_recoverers_give_each_claim_back_once(self, prepared: FileStore) -> None:
+        names = {prepared.deliver(b"x") for _ in range(10)}
+        while prepared.claim() is not None:
+            pass
+        # Leases of 2 s, expired by the wait (storage times may count whole seconds): a
+        # claim one recoverer has just taken over is fresh to the others, as it must be.
+        time.sleep(3)
+        recoverers = [self.again(prepared) for _ in range(4)]
+        results = self._race([partial(r.recover, 2) for r in recoverers])
+        returned = [n for result in results for n in result.returned]  # type: ignore[attr-defined]
+        assert Counter(returned) == Counter(names)
+        assert all(prepared.record(name).attempts == 1 for name in names)
+        assert sorted(split_file_name(n)[0] for n in prepared.names("new")) == sorted(names)
+        assert prepared.names("cur") == []
+
+    @pytest.mark.parametrize("operation", STALLABLE)
+    def test_a_worker_stalled_at_any_step_loses_nothing(
+        self, prepared: FileStore, operation: str
+    ) -> None:
+        """Pause a worker before each backend call of `operation` in turn; meanwhile its
+        lease runs out, others recover and claim the file (or, for `recover`, its worker
+        renews the claim); then resume it. Nothing may be lost, and no claim that the
+        others hold may be touched."""
+        steps = _count_steps(prepared, operation)
+        assert steps > 0
+        for step in range(steps):
+            _stall_round(prepared, self.again(prepared), operation, step)
+
 
 class AtomicMoveContract(StoreContract):
     """For storage whose moves are atomic to readers: never in both folders, nor in neither."""
@@ -854,8 +951,195 @@ class QueueMachine(RuleBasedStateMachine):
     def every_message_is_in_exactly_one_place(self) -> None:
         for folder in ("new", "cur", "failed"):
             expected = sorted(n for n, place in self.place.items() if place == folder)
-            assert self.store.names(folder) == expected, folder
+            found = sorted(split_file_name(name)[0] for name in self.store.names(folder))
+            assert found == expected, folder
         assert self.store.names("tmp") == []
         for name, count in self.attempts.items():
             if self.place[name] != "done":
                 assert self.store.record(name).attempts == count
+
+
+class StallingBackend(Backend):
+    """A backend that passes every call to another, and can pause before one of them.
+
+    `stall_before(n)` makes the n-th call from then on wait (the thread making it
+    blocks, `stalled` is set) until `resume()`: a worker paused between two steps of
+    an operation, as by a long GC pause, a slow disk or a network stall.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.stalled = threading.Event()
+        self._resume = threading.Event()
+        self._stall_at: int | None = None
+
+    def stall_before(self, call: int | None) -> None:
+        """Pause before the `call`-th call from now (`None`: never)."""
+        self.calls = 0
+        self.stalled.clear()
+        self._resume.clear()
+        self._stall_at = call
+
+    def resume(self) -> None:
+        """Let the paused call go on."""
+        self._resume.set()
+
+    def _step(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.calls == self._stall_at:
+            self.stalled.set()
+            self._resume.wait(timeout=600)
+        self.calls += 1
+        return getattr(self.inner, method)(*args, **kwargs)
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def folder_path(self, folder: str) -> str:
+        return self.inner.folder_path(folder)
+
+    def create_folders(self, folders: Iterable[str]) -> None:
+        self._step("create_folders", folders)
+
+    def list_names(self, folder: str) -> list[str]:
+        return cast(list[str], self._step("list_names", folder))
+
+    def iter_names(self, folder: str) -> Iterator[str]:
+        return cast(Iterator[str], self._step("iter_names", folder))
+
+    def scan(self, folder: str) -> list[Entry]:
+        return cast(list[Entry], self._step("scan", folder))
+
+    def info(self, folder: str, name: str) -> Entry:
+        return cast(Entry, self._step("info", folder, name))
+
+    def exists(self, folder: str, name: str) -> bool:
+        return cast(bool, self._step("exists", folder, name))
+
+    def create(self, folder: str, name: str) -> BinaryIO:
+        return cast(BinaryIO, self._step("create", folder, name))
+
+    def open(self, folder: str, name: str) -> BinaryIO:
+        return cast(BinaryIO, self._step("open", folder, name))
+
+    def read(self, folder: str, name: str) -> bytes:
+        return cast(bytes, self._step("read", folder, name))
+
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
+        return cast(bool, self._step("put", folder, name, data, durable=durable))
+
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        self._step("move", source, name, destination, new_name)
+
+    def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
+        self._step("copy", source, name, destination, durable=durable)
+
+    def remove(self, folder: str, name: str) -> None:
+        self._step("remove", folder, name)
+
+    def discard(self, folder: str, name: str) -> None:
+        self._step("discard", folder, name)
+
+    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        self._step("replace", folder, name, data, durable=durable)
+
+    def same_file(self, first: str, second: str, name: str) -> bool:
+        return cast(bool, self._step("same_file", first, second, name))
+
+
+def _stalling_twin(store: FileStore) -> tuple[FileStore, StallingBackend]:
+    backend = StallingBackend(store.backend)
+    return FileStore(backend, durable=store.durable, max_attempts=store.max_attempts), backend
+
+
+def _start(store: FileStore, operation: str) -> Callable[[], object]:
+    """What a worker does for `operation`: claim a file first, except to claim or recover."""
+    if operation == "claim":
+        return store.claim
+    if operation == "recover":
+        return partial(store.recover, 0)
+    claim = store.claim()
+    assert claim is not None
+    if operation == "fail":
+        return partial(claim.fail, "stalled")
+    return cast(Callable[[], object], getattr(claim, operation))
+
+
+def _count_steps(store: FileStore, operation: str) -> int:
+    """How many backend calls `operation` makes, unpaused."""
+    twin, backend = _stalling_twin(store)
+    store.deliver(b"counting")
+    if operation == "recover":
+        assert store.claim() is not None
+    run = _start(twin, operation)
+    backend.stall_before(None)
+    run()
+    steps = backend.calls
+    _drain(store)
+    return steps
+
+
+def _stall_round(store: FileStore, others: FileStore, operation: str, step: int) -> None:
+    """One round of the stall matrix (see the test that runs it)."""
+    twin, backend = _stalling_twin(store)
+    name = store.deliver(b"stalled")
+    holder = others.claim() if operation == "recover" else None
+    run = _start(twin, operation)
+    outcome: list[object] = []
+
+    def work() -> None:
+        try:
+            outcome.append(run())
+        except LeaseLost as error:
+            outcome.append(error)
+
+    backend.stall_before(step)
+    thread = threading.Thread(target=work)
+    thread.start()
+    while not backend.stalled.wait(0.01) and thread.is_alive():
+        pass
+    later: Claim | None = None
+    renewed = False
+    if holder is not None:  # the stalled one is a recoverer: the worker renews meanwhile
+        try:
+            holder.extend()
+            renewed = True
+        except LeaseLost:
+            pass
+    else:  # the stalled one is a worker: its lease runs out, others take the file
+        others.recover(older_than=0)
+        later = others.claim()
+    backend.resume()
+    thread.join()
+    context = f"{operation} stalled before step {step}: {outcome}"
+    done = operation == "ack" and outcome == [None]
+    if renewed:
+        assert holder is not None
+        try:
+            assert holder.read() == b"stalled", context
+            holder.ack()
+            done = True
+        except LeaseLost:
+            # Only a recoverer whose scan came after the renewal may take the claim (the
+            # round recovers with a lease of 0 s, so a fresh claim counts as expired too).
+            assert step == 0, context
+    if later is not None:
+        assert later == name, context
+        assert later.read() == b"stalled", context  # the stalled worker touched nothing of it
+        later.ack()
+        done = True
+    _drain(store, expect=set() if done else {name}, context=context)
+
+
+def _drain(store: FileStore, expect: set[str] | None = None, context: str = "") -> None:
+    """Empty the store; with `expect`, check which messages were still in it."""
+    store.recover(older_than=0)
+    left: set[str] = set()
+    for folder in ("new", "failed"):
+        for name in store.names(folder):
+            left.add(split_file_name(name)[0])
+            store.remove(name, folder)
+    assert store.names("cur") == [], context
+    if expect is not None:
+        assert left == expect, context

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from filespool.claim import Claim
-from filespool.errors import FileStoreError
+from filespool.errors import FileStoreError, LeaseLost
+from filespool.names import unique_name
+from filespool.queue import Claim
 from filespool.store import FileStore
 
 PLACEHOLDER = "{}"
@@ -27,7 +28,7 @@ class Outcome:
     """What became of one run of the command on a file."""
 
     name: str
-    status: str  # "acked", "retried" or "failed"
+    status: str  # "acked", "retried", "failed", or "lost" (the lease expired meanwhile)
     returncode: int
     seconds: float
     attempt: int
@@ -40,6 +41,8 @@ class Tally:
     acked: int = 0
     retried: int = 0
     failed: int = 0
+    lost: int = 0
+    """Files whose lease expired while their command ran: another worker took them over."""
     running: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -132,17 +135,19 @@ class WorkPool:
     def _process(self, claim: Claim) -> None:
         attempt = self.store.record(claim).attempts + 1
         started = time.monotonic()
-        with _input_for(claim, self.command) as (arguments, stdin):
-            returncode = self._run(claim, arguments, stdin, attempt)
-        seconds = time.monotonic() - started
         try:
+            with _input_for(claim, self.command, self.store) as (arguments, stdin):
+                returncode = self._run(claim, arguments, stdin, attempt)
             if returncode == 0:
                 claim.ack()
                 status = "acked"
             else:
                 status = "retried" if claim.release() == "new" else "failed"
-        except FileStoreError:
-            return  # the lease expired and recover() gave the file to another worker
+        except LeaseLost:
+            # The lease expired (the command outran it, or this process stalled) and a
+            # recoverer took the file back: its outcome is the next claim's to report.
+            status, returncode = "lost", -1
+        seconds = time.monotonic() - started
         with self._lock:
             setattr(self.tally, status, getattr(self.tally, status) + 1)
         self.report(Outcome(claim.name, status, returncode, seconds, attempt))
@@ -161,7 +166,7 @@ class WorkPool:
             if self.aborting.is_set():
                 return _abort(process)
             if time.monotonic() >= renew_at:
-                claim.extend()
+                claim.extend()  # LeaseLost if a recoverer took the file already
                 renew_at = time.monotonic() + self.lease / 3
 
 
@@ -175,8 +180,15 @@ def _abort(process: subprocess.Popen[bytes]) -> int:
 
 
 @contextmanager
-def _input_for(claim: Claim, command: list[str]) -> Iterator[tuple[list[str], int]]:
-    """The command's arguments and standard input (a descriptor) for a claimed file."""
+def _input_for(
+    claim: Claim, command: list[str], store: FileStore
+) -> Iterator[tuple[list[str], int]]:
+    """The command's arguments and standard input (a descriptor) for a claimed file.
+
+    The path that replaces `{}` stays valid while the command runs, although renewing
+    the lease renames the claimed file: a hard link in `tmp/` for a local spool (no
+    copy; `cleanup()` removes one left by a killed worker), a copy for others.
+    """
     if not any(PLACEHOLDER in part for part in command):
         with claim.open("rb") as file:
             if _has_descriptor(file):
@@ -188,7 +200,13 @@ def _input_for(claim: Claim, command: list[str]) -> Iterator[tuple[list[str], in
                 yield command, spill.fileno()
         return
     if "://" not in claim.path:
-        yield _substitute(command, claim.path), subprocess.DEVNULL
+        link = f"{store.backend.folder_path('tmp')}/.job.{unique_name()}"
+        with claim.queue.holding(claim):
+            os.link(claim.path, link)
+        try:
+            yield _substitute(command, link), subprocess.DEVNULL
+        finally:
+            os.unlink(link)
         return
     with tempfile.TemporaryDirectory(prefix="filespool-") as directory:
         local = os.path.join(directory, claim.name)  # not a local file: hand over a copy

@@ -101,18 +101,26 @@ class Backend(ABC):
             return file.read()
 
     @abstractmethod
-    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
         """Publish `data` as `folder/name`: whole or not at all, never overwriting.
 
-        With `durable`, the file must survive a power loss once this returns.
+        With `durable`, the file must survive a power loss once this returns. Returns
+        True if the write was sent more than once (an answer was lost and the request
+        retried): an earlier try may then have landed and been moved away before the
+        try that created the file. Storage that publishes in one step returns False.
         """
 
     @abstractmethod
-    def move(self, source: str, name: str, destination: str) -> None:
-        """Move a file between folders atomically and exclusively.
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        """Move `source/name` to `destination/new_name` (by default under the same name).
 
-        Of concurrent movers of one file exactly one succeeds. An existing
-        destination raises `AlreadyExists`; a missing source `NotFound`.
+        Exclusive at the destination: an existing destination raises `AlreadyExists`
+        and is left untouched, and of concurrent movers to one destination exactly one
+        succeeds. A missing source raises `NotFound`. Storage that moves in two steps
+        (copy or link, then remove the source) and finds the source gone at the second
+        step may remove its copy and raise `NotFound` only if it knows the source was
+        removed by someone else; where an answer can be lost (the source may have gone by
+        the mover's own earlier try), it keeps the copy and the move counts as done.
         """
 
     @abstractmethod
@@ -129,10 +137,6 @@ class Backend(ABC):
             self.remove(folder, name)
 
     @abstractmethod
-    def touch(self, folder: str, name: str) -> None:
-        """Set the file's `changed` time to now (a claim's lease then runs from now)."""
-
-    @abstractmethod
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
         """Publish `data` as `folder/name` whole, replacing any file of that name.
 
@@ -142,5 +146,6 @@ class Backend(ABC):
 
     @abstractmethod
     def same_file(self, first: str, second: str, name: str) -> bool:
-        """Whether `first/name` and `second/name` are one file left in both folders
-        by a move that was interrupted (a crash between its two steps)."""
+        """Whether `first/name` and `second/name` hold one message: a move between the
+        two folders was interrupted between its two steps, or moved a copy of what the
+        other holds. False if either is missing."""

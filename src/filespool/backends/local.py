@@ -137,16 +137,19 @@ class LocalBackend(Backend):
             os.close(descriptor)
         return b"".join(chunks)
 
-    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
         self._publish(self._stage_bytes(data, durable=durable), folder, name, durable=durable)
+        return False  # one system call publishes: never sent twice
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
         with self._errors(source, name), open(self._path(source, name), "rb") as original:
             staged = self._stage(lambda file: shutil.copyfileobj(original, file), durable=durable)
         self._publish(staged, destination, name, durable=durable)
 
-    def move(self, source: str, name: str, destination: str) -> None:
-        self._move_path(self._path(source, name), destination, name, source_folder=source)
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        self._move_path(
+            self._path(source, name), destination, new_name or name, source_folder=source
+        )
 
     def remove(self, folder: str, name: str) -> None:
         try:
@@ -159,10 +162,6 @@ class LocalBackend(Backend):
             os.unlink(self._path(folder, name))
         except FileNotFoundError:
             pass  # no file, or no folder: nothing to do
-
-    def touch(self, folder: str, name: str) -> None:
-        with self._errors(folder, name):
-            os.utime(self._path(folder, name))  # the kernel sets ctime to now as well
 
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
         staged = self._stage_bytes(data, durable=durable)
@@ -250,14 +249,14 @@ class LocalBackend(Backend):
                 return
             code = ctypes.get_errno()
             if code == errno.ENOENT:
-                raise self._missing(source_folder, name, destination=folder)
+                raise self._missing(source_folder, os.path.basename(source), destination=folder)
             if code == errno.EEXIST:
                 raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
             if code not in _UNSUPPORTED:
                 raise OSError(code, os.strerror(code), source, None, target)
             # NFS and some FUSE filesystems reject every flag; remember, and use links.
             self._use_renameat2 = False
-        with self._errors(source_folder, name, destination=folder):
+        with self._errors(source_folder, os.path.basename(source), destination=folder):
             self._link_then_unlink(source, target)
 
     @staticmethod
@@ -272,9 +271,15 @@ class LocalBackend(Backend):
                     "overwrite; put the spool on another filesystem"
                 ) from error
             raise
-        with suppress(FileNotFoundError):
-            # Another process may have removed the old name already; the move succeeded anyway.
+        try:
             os.unlink(source)
+        except FileNotFoundError:
+            # Between our link and this unlink another mover (to another name) or a remover
+            # took the source: that one won. Our link is a second name of a file that is
+            # gone or lives on elsewhere, so it goes; the caller sees a lost race.
+            with suppress(FileNotFoundError):
+                os.unlink(target)
+            raise
 
     @contextmanager
     def _errors(

@@ -102,17 +102,19 @@ class MemoryBackend(Backend):
             data = self._require(folder, name).getvalue()
         return io.BytesIO(data)  # a private copy: fsspec hands every reader one shared object
 
-    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
         key = self._key(folder, name)
         with self._locked(folder):
             self._require_absent(folder, name)
             self._files[key] = MemoryFile(self._fs, key, data)
+        return False
 
-    def move(self, source: str, name: str, destination: str) -> None:
-        key = self._key(destination, name)
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        target = new_name or name
+        key = self._key(destination, target)
         with self._locked(source, destination):
             self._require(source, name)
-            self._require_absent(destination, name)
+            self._require_absent(destination, target)
             file = self._files.pop(self._key(source, name))
             file.path = key
             file.modified = _now()
@@ -129,10 +131,6 @@ class MemoryBackend(Backend):
         with self._locked(folder):
             self._require(folder, name)
             del self._files[self._key(folder, name)]
-
-    def touch(self, folder: str, name: str) -> None:
-        with self._locked(folder):
-            self._require(folder, name).modified = _now()
 
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
         key = self._key(folder, name)

@@ -340,21 +340,26 @@ class S3Backend(Backend):
             data: bytes = await body.read()
         return data
 
-    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
         # One PUT straight into the folder: S3 shows an object whole or not at all, and
         # once the PUT returns it is durable.
         self._check_prepared(folder)
         key = self._key(folder, name)
-        version = self._create_exclusive(
-            folder,
-            name,
-            lambda metadata: _put_version(
-                self._call("put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"),
-                len(data),
-            ),
-            _fresh_metadata(),
-        )
+        retried = False
+
+        def write(metadata: dict[str, str]) -> _Version:
+            nonlocal retried
+            response = self._call(
+                "put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"
+            )
+            # botocore sent it again after an answer was lost: the first try may have landed,
+            # and a consumer may have taken that object before this one was created.
+            retried = bool(response.get("ResponseMetadata", {}).get("RetryAttempts"))
+            return _put_version(response, len(data))
+
+        version = self._create_exclusive(folder, name, write, _fresh_metadata())
         self._know(folder, name, version)
+        return retried
 
     def create(self, folder: str, name: str) -> BinaryIO:
         self._check_prepared(folder)
@@ -403,21 +408,21 @@ class S3Backend(Backend):
 
     # -- moving and copying ------------------------------------------------------------
 
-    def move(self, source: str, name: str, destination: str) -> None:
-        self._copy(source, name, destination, moving=True)
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        self._copy(source, name, destination, new_name or name, moving=True)
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
-        self._copy(source, name, destination, moving=False)
+        self._copy(source, name, destination, name, moving=False)
 
-    def _copy(self, source: str, name: str, destination: str, *, moving: bool) -> None:
+    def _copy(self, source: str, name: str, destination: str, target: str, *, moving: bool) -> None:
         self._check_prepared(destination)
-        source_key, key = self._key(source, name), self._key(destination, name)
+        source_key, key = self._key(source, name), self._key(destination, target)
         method = self.method
         if self._look_before_copying and self._head(key) is not None:
             # Narrows, but cannot close, the window in which a refused copy would damage
             # the destination on such a server; claimers racing for one file copy the same
             # bytes, so that race does no harm.
-            raise AlreadyExists(f"a file {name!r} already exists in {destination}/ of {self.url}")
+            raise AlreadyExists(f"a file {target!r} already exists in {destination}/ of {self.url}")
         for attempt in range(2):
             version = self._version(source, name)
             metadata = _fresh_metadata()
@@ -427,7 +432,7 @@ class S3Backend(Backend):
                 self._copy_object, source_key, key, version, exclusive=True, method=method
             )
             try:
-                copied = self._create_exclusive(destination, name, write, metadata)
+                copied = self._create_exclusive(destination, target, write, metadata)
             except _SourceChanged:
                 self._forget(source, name)
                 if attempt == 0:
@@ -436,7 +441,7 @@ class S3Backend(Backend):
             except NotFound:
                 self._forget(source, name)
                 self._not_found(source, name)
-            self._know(destination, name, copied)
+            self._know(destination, target, copied)
             if moving:
                 self._forget(source, name)
                 self._delete_moved_source(source_key, version.etag)
@@ -578,7 +583,12 @@ class S3Backend(Backend):
         )
 
     def _delete_moved_source(self, key: str, etag: str) -> None:
-        """Delete the source of a move, only if it is still the object we copied."""
+        """Delete the source of a move, only if it is still the object we copied.
+
+        A 404 leaves the copy in place: the source may be gone by our own earlier try
+        (an answer lost, and the request sent again by botocore, or invisibly by aiohttp
+        on a dropped keep-alive connection), and then the copy is the only one left.
+        """
         for attempt in range(_ATTEMPTS):
             try:
                 if self._delete_if_match:
@@ -628,26 +638,6 @@ class S3Backend(Backend):
                 continue
             return
         raise S3StorageError(f"could not remove {name!r} from {folder}/ of {self.url}")
-
-    def touch(self, folder: str, name: str) -> None:
-        key = self._key(folder, name)
-        for attempt in range(_ATTEMPTS):
-            head = self._head(key)
-            if head is None:
-                self._not_found(folder, name)
-            version = _Version(head["ETag"], int(head["ContentLength"]))
-            metadata = {**head.get("Metadata", {}), _CHANGED: _now()}
-            try:
-                # A copy onto itself with new metadata: LastModified and our time are now.
-                copied = self._copy_object(
-                    key, key, version, metadata, exclusive=False, method="copy"
-                )
-            except (_SourceChanged, NotFound):
-                _backoff(attempt)
-                continue
-            self._know(folder, name, copied)
-            return
-        raise S3StorageError(f"could not touch {name!r} in {folder}/ of {self.url}")
 
     def same_file(self, first: str, second: str, name: str) -> bool:
         one, other = self._head(self._key(first, name)), self._head(self._key(second, name))

@@ -1,0 +1,484 @@
+"""The work queue: claims with an identity, leases, attempt records and recovery.
+
+A claim moves a file from `new/` to `cur/` under its name. Every later step that
+renews or gives the claim back moves the file to the next *generation* of its name
+(`job`, `job:1`, `job:2`, ...), with a move that is exclusive at its destination
+on every backend. So a file name in `cur/` is held by exactly one claim, ever:
+
+- a step of a claim that has lost its file (acked, given back, renewed or taken over
+  by someone else) finds no file under its name and raises `LeaseLost`;
+- of a renewal (`extend`) and a take-over (`recover`) of one claim, exactly one wins,
+  since both move the file to the same next generation;
+- whoever wins holds a fresh file name, so nobody else can act on it by mistake.
+
+The queue knows nothing of the store's other operations; `FileStore` composes it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, BinaryIO, Literal, TextIO, overload
+
+from filespool.backends.base import Backend, Entry
+from filespool.errors import AlreadyExists, LeaseLost, NotFound, NotPrepared
+from filespool.names import GENERATION_MARK, file_name, split_file_name
+
+RECORDS = ".records"
+"""The folder of the queue's records (attempts, failure reasons), one file per message."""
+LAZY_FOLDERS = ("failed", RECORDS)
+"""Folders made on first use, so that `prepare()` leaves exactly maildir's three."""
+_BATCH = 4096
+_STALE_AFTER = 4
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the store remembers of a message: tries that ended without an ack, and why it failed."""
+
+    attempts: int = 0
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `FileStore.recover` did: messages given back to `new/`, and dead-lettered."""
+
+    returned: list[str]
+    failed: list[str]
+
+
+class Claim(str):
+    """A file this worker has claimed: the object is the message's name, with what to do next.
+
+    Finish a claim exactly once with `ack` (done), `release` (give it back for
+    another try) or `fail` (dead-letter it); renew its lease with `extend` while work
+    takes long. Each step raises `LeaseLost`, and changes nothing, once the claim no
+    longer holds the file (its lease expired and `FileStore.recover` took it back, or it
+    was finished already). Used as a context manager it acks when the block succeeds
+    and releases when it raises, unless the block finished it already.
+    """
+
+    name: str
+    """The message's name, as a plain `str`."""
+    file_name: str
+    """The name of the claimed file in `cur/`: the message's name, or `name:N` for its
+    N-th generation. It changes when `extend` renews the lease."""
+    queue: Queue
+    """The queue the file was claimed from."""
+    finished: bool = False
+    """Whether `ack`, `release` or `fail` has succeeded."""
+
+    def __new__(cls, name: str, file_name: str, queue: Queue) -> Claim:
+        claim = super().__new__(cls, name)
+        claim.name = name
+        claim.file_name = file_name
+        claim.queue = queue
+        return claim
+
+    def __reduce__(self) -> tuple[type[Claim], tuple[str, str, Queue]]:
+        return (Claim, (self.name, self.file_name, self.queue))
+
+    @property
+    def path(self) -> str:
+        """The file's full path in `cur/` (an OS path for local stores, else a URL).
+
+        It changes when `extend` renews the lease: read through the claim, or take the path
+        anew after each renewal.
+        """
+        return f"{self.queue.backend.folder_path('cur')}/{self.file_name}"
+
+    def read(self) -> bytes:
+        """The file's content."""
+        with self.queue.holding(self):
+            return self.queue.backend.read("cur", self.file_name)
+
+    @overload
+    def open(self, mode: Literal["rb"] = "rb") -> BinaryIO: ...
+    @overload
+    def open(self, mode: Literal["r"]) -> TextIO: ...
+    def open(self, mode: Literal["r", "rb"] = "rb") -> TextIO | BinaryIO:
+        """Open the file for reading (`"rb"`, or `"r"` for UTF-8 text)."""
+        if mode not in ("r", "rb"):
+            raise ValueError(f"mode {mode!r} is not supported here; use r or rb")
+        with self.queue.holding(self):
+            file = self.queue.backend.open("cur", self.file_name)
+        return file if mode == "rb" else io.TextIOWrapper(file, encoding="utf-8")
+
+    def ack(self) -> None:
+        """Done: remove the file from `cur/`, and the queue's record of the message."""
+        self.queue.ack(self)
+        self.finished = True
+
+    def release(self) -> str:
+        """Give the file back to `new/` for another try; returns where it went.
+
+        Counts an attempt: after the store's `max_attempts` it goes to `failed/`.
+        """
+        folder = self.queue.release(self)
+        self.finished = True
+        return folder
+
+    def fail(self, reason: str) -> None:
+        """Dead-letter the file: move it to `failed/`, keeping `reason`."""
+        self.queue.fail(self, reason)
+        self.finished = True
+
+    def extend(self) -> None:
+        """Renew the lease: `FileStore.recover` measures its age from now."""
+        self.queue.extend(self)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.finished or isinstance(error, LeaseLost):
+            return
+        if error_type is None:
+            self.ack()
+        else:
+            self.release()
+
+
+class Queue:
+    """Claims, leases, records and recovery over one backend.
+
+    `durable` makes record writes durable; a file given back `max_attempts`
+    times goes to `failed/` (`None`: never). Safe to share between threads.
+    """
+
+    def __init__(self, backend: Backend, *, durable: bool, max_attempts: int | None) -> None:
+        self.backend = backend
+        self.durable = durable
+        self.max_attempts = max_attempts
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._made_folders: set[str] = set()
+        self._records_exist = False
+        self._records_checked = float("-inf")
+        # A claim takes names from a backlog of the next batch of new/, sorted; the batch
+        # comes from a listing read in pages (`_listing`), so a claim costs the same however
+        # many files wait. The order is oldest first within each batch of `_BATCH` names.
+        self._backlog: deque[str] = deque()
+        self._listing: Iterator[str] | None = None
+        self._listing_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "durable": self.durable,
+            "max_attempts": self.max_attempts,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_caches()
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Move one file from `new/` to `cur/`; `None` if there is none."""
+        stuck: set[str] = set()
+        while True:
+            losses = 0
+            while True:
+                try:
+                    name = self._backlog.popleft()
+                except IndexError:
+                    break
+                try:
+                    self.backend.move("new", name, "cur")
+                except NotFound:  # lost a race
+                    losses += 1
+                    if losses == _STALE_AFTER:
+                        # Other claimers work through the same names: learning which are
+                        # left from a new listing is cheaper than trying them one by one.
+                        self._backlog.clear()
+                        self._listing = None
+                    else:
+                        self._jump()
+                    continue
+                except AlreadyExists:
+                    # cur/ holds this generation already: a claim interrupted between its
+                    # two steps (copy-then-delete storage), which recover() settles.
+                    stuck.add(name)
+                    continue
+                return Claim(_message_of(name), name, self)
+            if not self._refill(stuck):
+                return None
+
+    def _refill(self, stuck: set[str]) -> bool:
+        """Put the next batch of names from new/ in the backlog; False if a whole fresh
+        listing had none to try."""
+        with self._listing_lock:
+            fresh = False
+            while True:
+                if self._listing is None:
+                    if fresh:
+                        return False
+                    self._listing = self.backend.iter_names("new")
+                    fresh = True
+                page = list(itertools.islice(self._listing, _BATCH))
+                if len(page) < _BATCH:
+                    self._listing = None  # read to the end: the next batch starts a new listing
+                batch = sorted(n for n in page if _is_queued(n) and n not in stuck)
+                if batch:
+                    self._backlog.extend(batch)
+                    return True
+
+    def _jump(self) -> None:
+        """Go on from a random place in the backlog.
+
+        A lost race means another claimer is taking the names here, in the same order.
+        Claimers that collide scatter, then each takes a run of names of its own: they
+        seldom meet again, and a claimer alone keeps strict order."""
+        with suppress(ValueError):  # empty, possibly emptied by another thread
+            self._backlog.rotate(-random.randrange(len(self._backlog)))
+
+    def claim_of(self, name: str) -> Claim:
+        """The claim that holds `name`, a file name in `cur/` (or a `Claim` itself)."""
+        if isinstance(name, Claim):
+            return name
+        return Claim(split_file_name(name)[0], name, self)
+
+    # -- the steps of a claim ------------------------------------------------------------
+
+    @contextmanager
+    def holding(self, claim: Claim) -> Iterator[None]:
+        """Turn a missing claimed file into `LeaseLost`."""
+        try:
+            yield
+        except NotFound:
+            raise _lease_lost(claim) from None
+
+    def ack(self, claim: Claim) -> None:
+        """Remove the claimed file, then the message's record.
+
+        A claimed file already gone is fine if the message is nowhere any more: the ack
+        (ours, whose answer was lost, or a second one) is done. If a later generation of
+        the message is around, another claim holds it: `LeaseLost`.
+        """
+        try:
+            self.backend.remove("cur", claim.file_name)
+        except NotFound:
+            if self._is_anywhere(claim.name):
+                raise _lease_lost(claim) from None
+        self._forget(claim.name)
+
+    def _is_anywhere(self, message: str) -> bool:
+        """Whether some generation of `message` is in `new/`, `cur/` or `failed/`."""
+        return any(
+            _is_queued(name) and split_file_name(name)[0] == message
+            for folder in ("new", "cur", "failed")
+            for name in self._names(folder)
+        )
+
+    def _names(self, folder: str) -> list[str]:
+        with self.unless_not_made_yet(folder):
+            return self.backend.list_names(folder)
+        return []
+
+    def extend(self, claim: Claim) -> None:
+        """Move the claimed file to its next generation: a new lease, and a new name."""
+        successor = _successor(claim.file_name)
+        try:
+            self.backend.move("cur", claim.file_name, "cur", successor)
+        except (NotFound, AlreadyExists):
+            # Gone, or moved on by a recoverer that took the expired lease a moment earlier.
+            raise _lease_lost(claim) from None
+        claim.file_name = successor
+
+    def release(self, claim: Claim) -> str:
+        """Give the claimed file back to `new/` (or `failed/` at `max_attempts`)."""
+        # Renewed first, so that the record is written only by the claim that holds the
+        # file: a late worker's release changes nothing.
+        self.extend(claim)
+        return self._give_back(claim, "released")
+
+    def fail(self, claim: Claim, reason: str) -> None:
+        """Dead-letter the claimed file with `reason`."""
+        self.extend(claim)  # as in release: only the holder writes the record
+        self._dead_letter(claim, Record(self.record(claim.name).attempts + 1, reason))
+
+    def _give_back(self, claim: Claim, why: str) -> str:
+        """Count an attempt and move a claim just renewed (or taken over) onwards."""
+        record = self.record(claim.name)
+        attempts = record.attempts + 1
+        if self.max_attempts is not None and attempts >= self.max_attempts:
+            self._dead_letter(claim, Record(attempts, f"gave up after {attempts} attempts ({why})"))
+            return "failed"
+        # Counted before the move: a worker that dies between the two over-counts by one,
+        # which errs towards dead-lettering rather than retrying forever.
+        self._remember(claim.name, Record(attempts, record.reason))
+        try:
+            self.backend.move("cur", claim.file_name, "new", _successor(claim.file_name))
+        except (NotFound, AlreadyExists):
+            raise _lease_lost(claim) from None
+        return "new"
+
+    def _dead_letter(self, claim: Claim, record: Record) -> None:
+        self._remember(claim.name, record)
+        self._make_folder("failed")
+        with self.holding(claim):
+            self.backend.move("cur", claim.file_name, "failed", claim.name)
+
+    # -- records -----------------------------------------------------------------------
+
+    def record(self, name: str) -> Record:
+        """The record of a message (by its name, or the name of any generation of it)."""
+        message = split_file_name(name.rpartition("/")[2])[0]
+        try:
+            with self.backend.open(RECORDS, message) as file:
+                fields = json.loads(file.read())
+        except (NotFound, NotPrepared):
+            return Record()
+        return Record(int(fields["attempts"]), fields["reason"])
+
+    def _remember(self, message: str, record: Record) -> None:
+        self._make_folder(RECORDS)
+        data = json.dumps({"attempts": record.attempts, "reason": record.reason}).encode()
+        self.backend.replace(RECORDS, message, data, durable=self.durable)
+
+    def _forget(self, message: str) -> None:
+        if self._records_may_exist():
+            self.backend.discard(RECORDS, message)
+
+    def _records_may_exist(self) -> bool:
+        """Whether the records folder exists: until a file is given back or fails, it does
+        not, and an ack need not try to delete a record. Checked at most once a second; a
+        record missed meanwhile is an orphan that `drop_orphan_records()` removes."""
+        if self._records_exist:
+            return True
+        now = time.monotonic()
+        if now - self._records_checked >= 1.0:
+            self._records_checked = now
+            try:
+                self.backend.exists(RECORDS, "any")
+                self._records_exist = True
+            except NotPrepared:
+                pass
+        return self._records_exist
+
+    def drop_orphan_records(self, older_than: float) -> None:
+        """Remove records, untouched for `older_than` seconds, of messages in no folder."""
+        now = time.time()
+        old = [e.name for e in self.scan(RECORDS) if now - e.changed >= older_than]
+        if not old:
+            return
+        present = {
+            split_file_name(entry.name)[0]
+            for folder in ("new", "cur", "failed")
+            for entry in self.scan(folder)
+            if _is_queued(entry.name)
+        }
+        for message in old:
+            if message not in present:
+                self._forget(message)
+
+    def _make_folder(self, folder: str) -> None:
+        if folder not in self._made_folders:
+            self.backend.create_folders([folder])
+            self._made_folders.add(folder)
+            self._records_exist |= folder == RECORDS
+
+    def scan(self, folder: str) -> list[Entry]:
+        """`Backend.scan`, with an empty list for a folder not made yet."""
+        with self.unless_not_made_yet(folder):
+            return self.backend.scan(folder)
+        return []
+
+    @contextmanager
+    def unless_not_made_yet(self, folder: str) -> Iterator[None]:
+        """Let `NotPrepared` pass for a folder made on first use, if the store is prepared."""
+        try:
+            yield
+        except NotPrepared:
+            if folder not in LAZY_FOLDERS:
+                raise
+            self.backend.list_names("new")  # raises NotPrepared if the whole store is
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def recover(self, limit: float) -> Recovery:
+        """Give back every claim whose lease is older than `limit` seconds."""
+        returned: list[str] = []
+        failed: list[str] = []
+        for entry in self.backend.scan("cur"):
+            if not _is_queued(entry.name) or time.time() - entry.changed < limit:
+                continue
+            taken = self._take_over(entry.name)
+            if taken is None:
+                continue
+            try:
+                folder = self._give_back(taken, f"lease expired after {limit:g} s")
+            except LeaseLost:
+                continue  # we stalled for a whole lease, and another recoverer took over
+            (returned if folder == "new" else failed).append(taken.name)
+        return Recovery(returned, failed)
+
+    def _take_over(self, name: str) -> Claim | None:
+        """Move an expired claim's file to its next generation, so that its worker can do
+        nothing more with it; `None` if the worker (or another recoverer) moved first."""
+        # A claim interrupted between its copy and its delete (copy-then-delete storage)
+        # leaves the file in new/ too. Once we hold it, that copy must go, or it would be
+        # claimed again alongside the one we give back.
+        interrupted = self.backend.exists("new", name) and self.backend.same_file(
+            "new", "cur", name
+        )
+        claim = self.claim_of(name)
+        try:
+            self.extend(claim)
+        except LeaseLost:
+            return None  # acked, renewed or taken over since the scan
+        if interrupted:
+            self.backend.discard("new", name)
+        return claim
+
+
+def _successor(name: str) -> str:
+    """The next generation's file name (`job` -> `job:1`, `job:1` -> `job:2`)."""
+    message, generation = split_file_name(name)
+    return file_name(message, generation + 1)
+
+
+def _is_queued(name: str) -> bool:
+    """Whether `name` is a file of the queue: not a staging dotfile, nor a name put there
+    by hand that is no generation of a message. (On every listed name: kept cheap.)"""
+    if name.startswith("."):
+        return False
+    message, mark, generation = name.rpartition(GENERATION_MARK)
+    return not mark or (
+        generation.isascii()
+        and generation.isdigit()
+        and not generation.startswith("0")
+        and GENERATION_MARK not in message
+        and bool(message)
+    )
+
+
+def _message_of(name: str) -> str:
+    """The message name of a file name that `_is_queued` accepted."""
+    return name.rpartition(GENERATION_MARK)[0] or name
+
+
+def _lease_lost(claim: Claim) -> LeaseLost:
+    return LeaseLost(
+        f"the claim of {claim.name!r} (as {claim.file_name!r} in cur/ of {claim.queue.backend.url})"
+        " no longer holds the file: its lease expired and it was taken back, or it was "
+        "finished already; stop working on it"
+    )
