@@ -91,6 +91,7 @@ case $(cat "$1") in
   fail) exit 3;;
   crash) kill -9 $$;;
   slow) sleep "${SLOW:-2}"; exit 0;;
+  wait) while [ ! -e "$GO" ]; do sleep 0.02; done; exit 0;;
 esac
 """
 
@@ -152,6 +153,32 @@ def test_work_json_lines(spool: str, tmp_path: Path) -> None:
     assert sorted(event["status"] for event in files) == ["acked", "failed"]
     assert events[-1]["event"] == "summary"
     assert (events[-1]["acked"], events[-1]["failed"]) == (1, 1)
+
+
+def test_work_reports_a_job_whose_lease_was_lost(spool: str, tmp_path: Path) -> None:
+    """While the command runs, a watchdog takes the claim back (as after a stall past the
+    lease): the job is reported as lost, not acked, and the file is run again."""
+    store = FileStore(spool)
+    name = store.deliver("wait")
+    go = tmp_path / "go"
+    worker = subprocess.Popen(
+        work(spool, "--once", "--json", "--lease", "10m"),
+        env=dict(os.environ, LOG=str(tmp_path / "runs.log"), GO=str(go)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while store.names("cur") == []:  # the command is running
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert store.recover(older_than=0).returned == [name]
+    go.touch()
+    stdout, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [(e["name"], e["status"]) for e in events[:-1]] == [(name, "lost"), (name, "acked")]
+    assert (events[-1]["acked"], events[-1]["lost"]) == (1, 1)
+    assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]
 
 
 def _start_slow_work(

@@ -8,7 +8,7 @@ import pickle
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -259,6 +259,42 @@ def test_requests_per_message(
     assert calls - Counter(records) == {("DeleteObject", "cur"): messages}
     assert set(records) <= {("HeadObject", ".records")}
     assert sum(records.values()) <= 2 * (1 + int(seconds))
+
+
+def test_requests_per_queue_step(endpoint: str, bucket: str) -> None:
+    """What renewing, giving back, dead-lettering and recovering a claim cost (copy method):
+    each step moves the claim to its next generation first, a CopyObject and a DeleteObject
+    on S3 (docs/queue.md, "What each step costs")."""
+    store = store_on(endpoint, bucket, claim_method="copy")
+    store.prepare()
+    for _ in range(3):
+        store.deliver(b"x")
+    store.release(store.claim())  # type: ignore[arg-type]  # the records folder exists now
+    store.fail(store.claim(), "warm-up")  # type: ignore[arg-type]  # so does failed/
+    calls = count_calls(backend_of(store))
+
+    def cost(step: Callable[[], object]) -> dict[str, int]:
+        before = Counter(calls)
+        step()
+        return dict(calls - before)
+
+    move = {"CopyObject": 1, "DeleteObject": 1}
+    record = {"GetObject": 1, "PutObject": 1}
+    claim = store.claim()
+    assert claim is not None
+    assert cost(claim.extend) == move
+    assert cost(claim.release) == dict(Counter(move) + Counter(move) + Counter(record))
+    claim = store.claim()
+    assert claim is not None
+    assert cost(lambda: claim.fail("bad")) == dict(Counter(move) + Counter(move) + Counter(record))
+    assert store.claim() is not None
+    # A listing of cur/, a HEAD for a copy left in new/ by an interrupted claim, the
+    # take-over, the record and the give-back.
+    assert cost(lambda: store.recover(0)) == {
+        "ListObjectsV2": 1,
+        "HeadObject": 1,
+        **dict(Counter(move) + Counter(move) + Counter(record)),
+    }
 
 
 # -- faults ------------------------------------------------------------------------------------

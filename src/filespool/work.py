@@ -135,6 +135,7 @@ class WorkPool:
     def _process(self, claim: Claim) -> None:
         attempt = self.store.record(claim).attempts + 1
         started = time.monotonic()
+        returncode = -1  # the command never ran (its file was gone before it could start)
         try:
             with _input_for(claim, self.command, self.store) as (arguments, stdin):
                 returncode = self._run(claim, arguments, stdin, attempt)
@@ -146,7 +147,7 @@ class WorkPool:
         except LeaseLost:
             # The lease expired (the command outran it, or this process stalled) and a
             # recoverer took the file back: its outcome is the next claim's to report.
-            status, returncode = "lost", -1
+            status = "lost"
         seconds = time.monotonic() - started
         with self._lock:
             setattr(self.tally, status, getattr(self.tally, status) + 1)
