@@ -83,6 +83,7 @@ SHORT = {
     "AbortMultipartUpload": "MPU abort",
 }
 STEPS = ("deliver", "claim", "read", "ack")
+QUEUE_STEPS = ("extend", "release", "fail", "recover")  # each counted per occurrence
 FLOOR: dict[tuple[str, str], float] = {
     ("deliver", "PUT"): 1,
     ("claim", "LIST"): 1 / 1000,
@@ -208,6 +209,7 @@ def count_requests(endpoint: str, messages: int, **extra: Any) -> dict[str, Any]
         assert claimed == messages, f"{claimed} claims of {messages} messages"
         calls, retries = Counter(tally.calls), tally.sends - sum(tally.calls.values())
         backend = store.backend
+        per_step = _count_queue_steps(store, tally, occurrences=max(1, messages // 10))
     return {  # the bucket's teardown is not counted
         "method": backend.method,
         # What the backend learnt from the server (its probe, a 501): they cost HEADs.
@@ -215,7 +217,40 @@ def count_requests(endpoint: str, messages: int, **extra: Any) -> dict[str, Any]
         "no_conditional_delete": not backend._delete_if_match,
         "messages": messages,
         "per_message": {f"{step}/{request}": n / messages for (step, request), n in calls.items()},
+        "per_step": per_step,
         "retries": retries,
+    }
+
+
+def _count_queue_steps(store: Any, tally: RequestTally, occurrences: int) -> dict[str, float]:
+    """Requests per renewal, release, dead-lettering and recovery of a claim (in a recovery
+    its listing of cur/ too), averaged over `occurrences` of each."""
+    tally.step = "setup"
+    for _ in range(2 * occurrences):  # a warm-up makes the records and failed/ folders
+        store.deliver(b"x")
+    store.claim().release()
+    store.claim().fail("warm-up")
+    tally.calls.clear()
+    for _ in range(occurrences):
+        tally.step = "setup"
+        claim = store.claim()
+        tally.step = "extend"
+        claim.extend()
+        tally.step = "release"
+        claim.release()
+        tally.step = "setup"
+        claim = store.claim()
+        tally.step = "fail"
+        claim.fail("benchmark")
+        tally.step = "setup"
+        store.deliver(b"x")
+        store.claim()
+        tally.step = "recover"
+        store.recover(older_than=0)
+    return {
+        f"{step}/{request}": n / occurrences
+        for (step, request), n in tally.calls.items()
+        if step in QUEUE_STEPS
     }
 
 
@@ -225,7 +260,9 @@ def _cost(row: dict[str, Any]) -> None:
     The HEADs of a server workaround the backend switched on are stated apart.
     """
     counts = {tuple(key.split("/", 1)): value for key, value in row["per_message"].items()}
-    path = [(s, r) for s, r in counts if s != "read" and r not in ("LIST", RECORDS)]
+    path = [
+        (s, r) for s, r in counts if s in ("deliver", "claim", "ack") and r not in ("LIST", RECORDS)
+    ]
     total = sum(counts[key] for key in path)
     stated = {
         f"{step} {request}": {"per_message": counts[(step, request)], "why": why}
@@ -479,6 +516,29 @@ def _request_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _queue_step_lines(rows: list[dict[str, Any]]) -> list[str]:
+    names = [f"{row['server']} {row['config']}" for row in rows]
+    widths = [max(len(name), 6) for name in names]
+    header = "".join(f" {n:>{w}}" for n, w in zip(names, widths, strict=True))
+    lines = [f"{'step':8} {'request':17}" + header]
+    lines.append("-" * len(lines[0]))
+    keys = sorted(
+        {tuple(key.split("/", 1)) for row in rows for key in row["per_step"]},
+        key=lambda k: (QUEUE_STEPS.index(k[0]), k[1]),
+    )
+    for step in QUEUE_STEPS:
+        for key in [k for k in keys if k[0] == step] + [(step, "total")]:
+            values = [
+                sum(v for k, v in row["per_step"].items() if k.startswith(f"{step}/"))
+                if key[1] == "total"
+                else row["per_step"].get("/".join(key), 0.0)
+                for row in rows
+            ]
+            cells = "".join(f" {_figure(v):>{w}}" for v, w in zip(values, widths, strict=True))
+            lines.append(f"{key[0]:8} {key[1]:17}" + cells)
+    return lines
+
+
 def _verdict(row: dict[str, Any]) -> str:
     if row["path"] != "native copy":
         return "fallback"
@@ -524,6 +584,9 @@ def summarize(result: dict[str, Any]) -> list[str]:
             for row in result["requests"]
             if row["method"] == "multipart" and row["looks_before_copying"]
         ]
+    if result["requests"]:
+        lines += ["", "Requests per queue step (each step moves the claim to its next generation):"]
+        lines += _queue_step_lines(result["requests"])
     if result["throughput"]:
         lines += ["", "Concurrent claimers (threads, own store each; ratios within a repetition):"]
         lines += _throughput_lines(result["throughput"])

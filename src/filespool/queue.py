@@ -30,12 +30,14 @@ from types import TracebackType
 from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from filespool.backends.base import Backend, Entry
-from filespool.errors import AlreadyExists, LeaseLost, NotFound, NotPrepared
+from filespool.errors import AlreadyExists, InvalidMode, LeaseLost, NotFound, NotPrepared
 from filespool.names import GENERATION_MARK, file_name, split_file_name
 
 RECORDS = ".records"
 """The folder of the queue's records (attempts, failure reasons), one file per message."""
-LAZY_FOLDERS = ("failed", RECORDS)
+DELIVERIES = ".delivered"
+"""The folder of delivery marks, with a deduplication window: one per message name."""
+LAZY_FOLDERS = ("failed", RECORDS, DELIVERIES)
 """Folders made on first use, so that `prepare()` leaves exactly maildir's three."""
 _BATCH = 4096
 _STALE_AFTER = 4
@@ -109,7 +111,7 @@ class Claim(str):
     def open(self, mode: Literal["r", "rb"] = "rb") -> TextIO | BinaryIO:
         """Open the file for reading (`"rb"`, or `"r"` for UTF-8 text)."""
         if mode not in ("r", "rb"):
-            raise ValueError(f"mode {mode!r} is not supported here; use r or rb")
+            raise InvalidMode(f"mode {mode!r} is not supported here; use r or rb")
         with self.queue.holding(self):
             file = self.queue.backend.open("cur", self.file_name)
         return file if mode == "rb" else io.TextIOWrapper(file, encoding="utf-8")
@@ -158,13 +160,23 @@ class Queue:
     """Claims, leases, records and recovery over one backend.
 
     `durable` makes record writes durable; a file given back `max_attempts`
-    times goes to `failed/` (`None`: never). Safe to share between threads.
+    times goes to `failed/` (`None`: never); `dedup_window` (seconds, or `None`)
+    is how long a delivered name is remembered (see `FileStore`). Safe to share
+    between threads.
     """
 
-    def __init__(self, backend: Backend, *, durable: bool, max_attempts: int | None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        durable: bool,
+        max_attempts: int | None,
+        dedup_window: float | None,
+    ) -> None:
         self.backend = backend
         self.durable = durable
         self.max_attempts = max_attempts
+        self.dedup_window = dedup_window
         self._reset_caches()
 
     def _reset_caches(self) -> None:
@@ -183,6 +195,7 @@ class Queue:
             "backend": self.backend,
             "durable": self.durable,
             "max_attempts": self.max_attempts,
+            "dedup_window": self.dedup_window,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -273,20 +286,28 @@ class Queue:
         (ours, whose answer was lost, or a second one) is done. If a later generation of
         the message is around, another claim holds it: `LeaseLost`.
         """
+        # Marked first: a delivery whose answer was lost, looking for its message, must
+        # find it claimed or marked acked, never neither.
+        self._mark_acked(claim.name)
         try:
             self.backend.remove("cur", claim.file_name)
         except NotFound:
-            if self._is_anywhere(claim.name):
+            if self.is_anywhere(claim.name):
                 raise _lease_lost(claim) from None
         self._forget(claim.name)
 
-    def _is_anywhere(self, message: str) -> bool:
+    def is_anywhere(self, message: str) -> bool:
         """Whether some generation of `message` is in `new/`, `cur/` or `failed/`."""
-        return any(
-            _is_queued(name) and split_file_name(name)[0] == message
+        return message in self._messages_present()
+
+    def _messages_present(self) -> set[str]:
+        """The messages that have a file in `new/`, `cur/` or `failed/` (one listing each)."""
+        return {
+            _message_of(name)
             for folder in ("new", "cur", "failed")
             for name in self._names(folder)
-        )
+            if _is_queued(name)
+        }
 
     def _names(self, folder: str) -> list[str]:
         with self.unless_not_made_yet(folder):
@@ -337,6 +358,52 @@ class Queue:
         with self.holding(claim):
             self.backend.move("cur", claim.file_name, "failed", claim.name)
 
+    # -- the deduplication window ------------------------------------------------------
+
+    def first_delivery(self, message: str) -> bool:
+        """With a deduplication window, mark `message` delivered; False if it was delivered
+        within the window already (then this delivery is a duplicate). True without one."""
+        if self.dedup_window is None:
+            return True
+        self._make_folder(DELIVERIES)
+        mark = _mark(acked=False)
+        while True:
+            try:
+                # Unsettled means nothing is there: nobody takes marks away, so write again.
+                if not self.backend.put(DELIVERIES, message, mark, durable=self.durable):
+                    return True
+            except AlreadyExists:
+                try:
+                    delivered = self.backend.info(DELIVERIES, message).changed
+                except NotFound:
+                    continue  # expired and dropped meanwhile: mark it afresh
+                if time.time() - delivered < self.dedup_window:
+                    return False
+                self.backend.replace(DELIVERIES, message, mark, durable=self.durable)
+                return True
+
+    def was_acked(self, message: str) -> bool:
+        """Whether the message's delivery mark says it was acked (within the window)."""
+        try:
+            with self.backend.open(DELIVERIES, message) as file:
+                return bool(json.loads(file.read())["acked"])
+        except (NotFound, NotPrepared):
+            return False
+
+    def _mark_acked(self, message: str) -> None:
+        if self.dedup_window is not None:
+            self._make_folder(DELIVERIES)
+            self.backend.replace(DELIVERIES, message, _mark(acked=True), durable=self.durable)
+
+    def drop_expired_marks(self) -> None:
+        """Remove the delivery marks older than the deduplication window."""
+        if self.dedup_window is None:
+            return
+        now = time.time()
+        for entry in self.scan(DELIVERIES):
+            if now - entry.changed >= self.dedup_window:
+                self.backend.discard(DELIVERIES, entry.name)
+
     # -- records -----------------------------------------------------------------------
 
     def record(self, name: str) -> Record:
@@ -380,12 +447,7 @@ class Queue:
         old = [e.name for e in self.scan(RECORDS) if now - e.changed >= older_than]
         if not old:
             return
-        present = {
-            split_file_name(entry.name)[0]
-            for folder in ("new", "cur", "failed")
-            for entry in self.scan(folder)
-            if _is_queued(entry.name)
-        }
+        present = self._messages_present()
         for message in old:
             if message not in present:
                 self._forget(message)
@@ -474,6 +536,10 @@ def _is_queued(name: str) -> bool:
 def _message_of(name: str) -> str:
     """The message name of a file name that `_is_queued` accepted."""
     return name.rpartition(GENERATION_MARK)[0] or name
+
+
+def _mark(*, acked: bool) -> bytes:
+    return json.dumps({"acked": acked}).encode()
 
 
 def _lease_lost(claim: Claim) -> LeaseLost:

@@ -51,7 +51,11 @@ class FileStore:
     that `deliver` and `copy` publish is flushed to stable storage
     first; `durable=False` skips that for speed. A file given back
     (`release`, `recover`) `max_attempts` times goes to
-    `failed/` instead of `new/` (`None`: never).
+    `failed/` instead of `new/` (`None`: never). With `dedup_window`
+    (seconds), a name delivered again within that time after its first
+    delivery is not published again, acked or not, and a delivery whose answer
+    was lost is never published twice; it costs one more write per delivery and
+    per ack (see the queue's docs).
 
     A `FileStore` is safe to share between threads; each process may hold its own.
     """
@@ -62,6 +66,7 @@ class FileStore:
         *,
         durable: bool = True,
         max_attempts: int | None = 5,
+        dedup_window: float | timedelta | None = None,
         **storage_options: Any,
     ) -> None:
         if isinstance(location, Backend):
@@ -72,7 +77,12 @@ class FileStore:
             self.backend = backends.open_backend(location, **storage_options)
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1 or None, not {max_attempts}")
-        self._queue = Queue(self.backend, durable=durable, max_attempts=max_attempts)
+        window = None if dedup_window is None else _seconds(dedup_window)
+        if window is not None and window <= 0:
+            raise ValueError(f"dedup_window must be positive or None, not {dedup_window}")
+        self._queue = Queue(
+            self.backend, durable=durable, max_attempts=max_attempts, dedup_window=window
+        )
 
     @property
     def durable(self) -> bool:
@@ -176,24 +186,20 @@ class FileStore:
         """Publish `data` into `new/` whole, under `name` or a new unique name; return it.
 
         `str` data is encoded as UTF-8. Raises `AlreadyExists` if
-        `new/` already has a file of that name.
+        `new/` already has a file of that name. With a `dedup_window`, a name
+        delivered within the window is accepted and not published again.
         """
         payload = _as_bytes(data)
         bare = unique_name() if name is None else validate_name(name)
-        if self.backend.put("new", bare, payload, durable=self.durable):
-            self._settle_retried_delivery(bare)
+        if not self._queue.first_delivery(bare):
+            return bare  # delivered within the deduplication window: not published again
+        # An unsettled write (its answer lost, and nothing under the name now) may have
+        # landed and been claimed since: publish it again only if the message is nowhere,
+        # nor marked acked (with a deduplication window).
+        while self.backend.put("new", bare, payload, durable=self.durable):
+            if self._queue.is_anywhere(bare) or self._queue.was_acked(bare):
+                break
         return bare
-
-    def _settle_retried_delivery(self, name: str) -> None:
-        """A delivery whose first try landed may have been claimed before the retry published
-        the message again: if a claim holds that first copy in `cur/`, take the second back.
-
-        While `cur/name` exists no claimer can move `new/name` there, so the copy taken
-        back is never one that a claimer is moving. A message claimed *and* acked (or
-        renewed) before the retry cannot be found this way: it stays published twice.
-        """
-        if self.backend.same_file("cur", "new", name):
-            self.backend.discard("new", name)
 
     def claim(self, wait: float | None = None) -> Claim | None:
         """Move one file from `new/` to `cur/` and return it; `None` if there is none.
@@ -267,7 +273,8 @@ class FileStore:
     def cleanup(self, older_than: float | timedelta = MAILDIR_TMP_AGE) -> builtins.list[str]:
         """Remove files (and abandoned staging files) untouched in `tmp/` for `older_than`.
 
-        Also drops the store's records of messages that are in no folder any more.
+        Also drops the store's records of messages that are in no folder any more, and
+        delivery marks older than the deduplication window.
         Returns the names removed from `tmp/`.
         """
         limit = _seconds(older_than)
@@ -280,6 +287,7 @@ class FileStore:
                     continue
                 removed.append(entry.name)
         self._queue.drop_orphan_records(limit)
+        self._queue.drop_expired_marks()
         return sorted(name for name in removed if not name.startswith("."))
 
     def stats(self) -> builtins.dict[str, FolderStats]:

@@ -795,6 +795,37 @@ class StoreContract:
         assert sorted(split_file_name(n)[0] for n in prepared.names("new")) == sorted(names)
         assert prepared.names("cur") == []
 
+    # -- the deduplication window ---------------------------------------------------
+
+    def test_a_name_delivered_again_within_the_window_is_not_published_again(
+        self, prepared: FileStore
+    ) -> None:
+        store = FileStore(prepared.backend, dedup_window=3600)
+        assert store.deliver(b"first", "job") == "job"
+        assert store.deliver(b"retried", "job") == "job"  # a producer's retry: accepted
+        assert store.names("new") == ["job"]
+        claim = store.claim()
+        assert claim is not None
+        assert claim.read() == b"first"
+        claim.ack()
+        assert store.deliver(b"retried", "job") == "job"  # acked, but within the window
+        store.cleanup(older_than=0)  # marks last for the window, whatever cleanup's age
+        assert store.deliver(b"retried", "job") == "job"
+        assert [store.names(folder) for folder in FOLDERS] == [[], [], [], []]
+        assert prepared.deliver(b"no window", "job") == "job"  # a store without one
+        assert prepared.names("new") == ["job"]
+
+    def test_a_name_is_delivered_again_after_the_window(self, prepared: FileStore) -> None:
+        store = FileStore(prepared.backend, dedup_window=1)
+        store.deliver(b"first", "job")
+        store.claim().ack()  # type: ignore[union-attr]
+        time.sleep(1.5)  # the window passes (a real clock: marks are files with times)
+        store.deliver(b"second", "job")
+        assert store.claim().read() == b"second"  # type: ignore[union-attr]
+        time.sleep(1.5)
+        store.cleanup()
+        assert not store.backend.exists(".delivered", "job")  # the expired mark is gone
+
     @pytest.mark.parametrize("operation", STALLABLE)
     def test_a_worker_stalled_at_any_step_loses_nothing(
         self, prepared: FileStore, operation: str

@@ -105,9 +105,10 @@ class Backend(ABC):
         """Publish `data` as `folder/name`: whole or not at all, never overwriting.
 
         With `durable`, the file must survive a power loss once this returns. Returns
-        True if the write was sent more than once (an answer was lost and the request
-        retried): an earlier try may then have landed and been moved away before the
-        try that created the file. Storage that publishes in one step returns False.
+        False once the file is published. Returns True, having written nothing more,
+        if the outcome is unknown: the write's answer was lost and no file of that name
+        is there now, so it either never landed or landed and was moved away since (by a
+        consumer). Storage whose writes cannot lose an answer always returns False.
         """
 
     @abstractmethod

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any, BinaryIO, NoReturn
 
 import fsspec.asyn
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
@@ -131,6 +132,41 @@ class _Ambiguous(Exception):
     """A conditional write may or may not have been applied (its response was lost)."""
 
 
+class _Unsettled(Exception):
+    """A create-only write whose answer was lost left nothing at its key: it never landed,
+    or it landed and the object was moved away since."""
+
+
+class _NoResendSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session, without aiohttp's silent second send.
+
+    aiohttp sends a PUT or DELETE again, unseen by botocore, when the connection drops
+    before the answer; for a conditional write that is a blind retry, which
+    `_no_blind_retry` exists to prevent. The drop then reaches botocore, and filespool.
+    """
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)
+        session._retry_connection = False  # aiohttp has no public switch for it
+        return session
+
+
+def _no_blind_retry(
+    request_dict: dict[str, Any],
+    caught_exception: Exception | None = None,
+    response: Any = None,
+    **_: Any,
+) -> None:
+    """botocore hook: a conditional write whose answer was lost (a dropped connection, a
+    timeout, a 500) is not sent again; filespool settles it by what the key holds."""
+    headers = request_dict.get("headers", {})
+    if not any(h in headers for h in ("If-None-Match", "If-Match")):
+        return
+    status = response[0].status_code if response is not None else None
+    if caught_exception is not None or status == 500:
+        raise _Ambiguous() from caught_exception
+
+
 class S3Backend(Backend):
     """Files as objects under `s3://bucket/prefix`: `{prefix}/{folder}/{name}`.
 
@@ -217,8 +253,13 @@ class S3Backend(Backend):
                 options.update(use_listings_cache=False, skip_instance_cache=True)
                 if not _SESSION_OPTIONS & options.keys():
                     options["session"] = _shared_session()
+                options["config_kwargs"] = {
+                    **options.get("config_kwargs", {}),
+                    "http_session_cls": _NoResendSession,
+                }
                 fs = S3FileSystem(**options)
                 _check_conditions_supported(fs.s3)
+                fs.s3.meta.events.register_first("needs-retry.s3", _no_blind_retry)
                 self._fs, self._fs_pid = fs, os.getpid()
             return self._fs
 
@@ -345,21 +386,23 @@ class S3Backend(Backend):
         # once the PUT returns it is durable.
         self._check_prepared(folder)
         key = self._key(folder, name)
-        retried = False
-
-        def write(metadata: dict[str, str]) -> _Version:
-            nonlocal retried
-            response = self._call(
-                "put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"
+        try:
+            version = self._create_exclusive(
+                folder,
+                name,
+                lambda metadata: _put_version(
+                    self._call(
+                        "put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"
+                    ),
+                    len(data),
+                ),
+                _fresh_metadata(),
+                unsettled_if_missing=True,
             )
-            # botocore sent it again after an answer was lost: the first try may have landed,
-            # and a consumer may have taken that object before this one was created.
-            retried = bool(response.get("ResponseMetadata", {}).get("RetryAttempts"))
-            return _put_version(response, len(data))
-
-        version = self._create_exclusive(folder, name, write, _fresh_metadata())
+        except _Unsettled:
+            return True  # a consumer may have taken it already: the caller looks
         self._know(folder, name, version)
-        return retried
+        return False
 
     def create(self, folder: str, name: str) -> BinaryIO:
         self._check_prepared(folder)
@@ -384,13 +427,14 @@ class S3Backend(Backend):
             response = self._call(
                 "put_object", Key=key, Body=data, Metadata=metadata, IfMatch=placeholder.etag
             )
-        except ClientError as error:
-            status = _status(error)
-            if status == 404:
-                self._not_found(folder, name)
-            if status != 412:
-                raise
-            head = self._head(key)  # a retried PUT whose first answer was lost sees its own write
+        except (ClientError, _Ambiguous) as error:
+            if isinstance(error, ClientError):
+                status = _status(error)
+                if status == 404:
+                    self._not_found(folder, name)
+                if status != 412:
+                    raise
+            head = self._head(key)  # after a lost answer (or a resend), our token says it landed
             if head is None or head.get("Metadata", {}).get(_TOKEN) != metadata[_TOKEN]:
                 raise AlreadyExists(
                     f"{name!r} in {folder}/ of {self.url} was replaced while being written"
@@ -553,11 +597,15 @@ class S3Backend(Backend):
         name: str,
         write: Callable[[dict[str, str]], _Version],
         metadata: dict[str, str],
+        *,
+        unsettled_if_missing: bool = False,
     ) -> _Version:
         """Run a create-only write of `folder/name`, telling our own write from another's.
 
-        A 412 or a lost response is resolved by reading the object's token: ours means
-        the write landed (the answer was lost and the SDK's retry hit our own object).
+        A 412 or a lost answer is settled by reading the object's token: ours means the
+        write landed. After a lost answer with nothing at the key, the write is tried
+        again, or, with `unsettled_if_missing`, `_Unsettled` is raised: a published
+        file may have been landed and taken away by a consumer meanwhile.
         """
         key = self._key(folder, name)
         for attempt in range(_ATTEMPTS):
@@ -570,13 +618,16 @@ class S3Backend(Backend):
                     continue
                 if status != 412:
                     raise
+                answer_lost = False
             except (_Ambiguous, HTTPClientError):
-                pass  # timed out or connection dropped after botocore's own retries
+                answer_lost = True  # timed out, or the connection dropped
             head = self._head(key)
             if head is not None:
                 if head.get("Metadata", {}).get(_TOKEN) == metadata[_TOKEN]:
                     return _Version(head["ETag"], int(head["ContentLength"]))
                 raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+            if answer_lost and unsettled_if_missing:
+                raise _Unsettled()
             _backoff(attempt)  # neither ours nor another's: not applied, try again
         raise S3StorageError(
             f"could not write {name!r} into {folder}/ of {self.url} after {_ATTEMPTS} attempts"
@@ -596,6 +647,10 @@ class S3Backend(Backend):
                 else:
                     self._call("delete_object", Key=key)
                 return
+            except _Ambiguous:
+                if self._head(key) is None:
+                    return  # gone: by this delete, whose answer was lost, or another
+                continue
             except ClientError as error:
                 status = _status(error)
                 if status == 501:  # NotImplemented: this server has no conditional delete
@@ -625,6 +680,10 @@ class S3Backend(Backend):
             self._forget(folder, name)
             try:
                 self._call("delete_object", Key=key, IfMatch=version.etag)
+            except _Ambiguous:
+                if self._head(key) is None:
+                    return  # our delete went through; its answer was lost
+                continue  # it did not: try again
             except ClientError as error:
                 status = _status(error)
                 if status == 404:
@@ -666,6 +725,11 @@ class S3Backend(Backend):
                     self._copy_object(
                         source, taken, version, _fresh_metadata(), exclusive=True, method=method
                     )
+                except _Ambiguous:
+                    raise S3StorageError(
+                        f"the S3 server behind {self.url} dropped the connection while "
+                        "filespool probed how it answers conditional copies; try again"
+                    ) from None
                 except ClientError as error:
                     if _status(error) == 412:
                         # LocalStack 2026.3 stores the copied bytes before it checks the
