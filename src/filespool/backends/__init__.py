@@ -1,23 +1,27 @@
 """Storage backends, and the registry that picks one by URL scheme.
 
-Built in: plain paths and `file://` (`LocalBackend`)
-and `memory://` (`MemoryBackend`). A third
-party adds a scheme with `register`, or without any import through the
-entry-point group `filespool.backends`, for example in its `pyproject.toml`:
+Built in: plain paths and `file://` (`LocalBackend`), `memory://` (`MemoryBackend`)
+and `s3://` (`S3Backend`). A third party adds a scheme with `register`, or without
+any import through the entry-point group `filespool.backends`, for example in its
+`pyproject.toml`:
 
     [project.entry-points."filespool.backends"]
     myscheme = "mypackage.spool:open_backend"
 
 A factory is called as `factory(url, **storage_options)` and returns a
-`Backend`.
+`Backend`. Built-in schemes always win over entry points, and `register` replaces
+a known scheme only with `clobber=True`: an installed package cannot take over
+`file://` behind a program's back. Entry points are read once per process.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import re
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from filespool.backends.base import Backend
@@ -34,20 +38,30 @@ _BUILTIN: dict[str, str] = {
     "memory": "filespool.backends.memory:open_memory",
     "s3": "filespool.backends.s3:open_s3",
 }
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, lowercased
 _registered: dict[str, BackendFactory] = {}
+_resolved: dict[str, BackendFactory] = {}  # what each scheme opened with, for the next time
 
 
-def register(scheme: str, factory: BackendFactory) -> None:
-    """Make `FileStore("<scheme>://...")` use `factory`; replaces an earlier registration."""
-    _registered[_normal_scheme(scheme)] = factory
+def register(scheme: str, factory: BackendFactory, *, clobber: bool = False) -> None:
+    """Make `FileStore("<scheme>://...")` use `factory`.
+
+    A scheme already known (built in, registered, or from an installed package's entry
+    point) raises `ValueError` unless `clobber=True`.
+    """
+    normal = _normal_scheme(scheme)
+    if not clobber and normal in schemes():
+        raise ValueError(
+            f"URL scheme {normal!r} has a filespool backend already; pass clobber=True to "
+            "replace it"
+        )
+    _registered[normal] = factory
+    _resolved.pop(normal, None)
 
 
 def schemes() -> list[str]:
     """All URL schemes a backend is known for: built-in, registered and from entry points."""
-    found = (
-        set(_BUILTIN) | set(_registered) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    )
-    return sorted(found)
+    return sorted(set(_BUILTIN) | set(_registered) | set(_entry_points()))
 
 
 def open_backend(location: str | os.PathLike[str], **storage_options: Any) -> Backend:
@@ -59,21 +73,42 @@ def open_backend(location: str | os.PathLike[str], **storage_options: Any) -> Ba
 
 
 def _factory(scheme: str) -> BackendFactory:
-    if scheme in _registered:
-        return _registered[scheme]
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP, name=scheme):
-        factory: BackendFactory = entry_point.load()
-        return factory
-    if scheme in _BUILTIN:
+    try:
+        return _resolved[scheme]
+    except KeyError:
+        pass
+    factory = _registered.get(scheme)
+    if factory is None and scheme in _BUILTIN:
         module, attribute = _BUILTIN[scheme].split(":")
-        builtin: BackendFactory = getattr(importlib.import_module(module), attribute)
-        return builtin
-    raise UnsupportedLocation(
-        f"no filespool backend for URL scheme {scheme!r}; known schemes: "
-        f"{', '.join(schemes())} (a path without a scheme is local); install the package "
-        "that provides it, or call filespool.backends.register()"
-    )
+        factory = getattr(importlib.import_module(module), attribute)
+    if factory is None and scheme in _entry_points():
+        factory = _entry_points()[scheme].load()
+    if factory is None:
+        raise UnsupportedLocation(
+            f"no filespool backend for URL scheme {scheme!r}; known schemes: "
+            f"{', '.join(schemes())} (a path without a scheme is local); install the package "
+            "that provides it, or call filespool.backends.register()"
+        )
+    _resolved[scheme] = factory
+    return factory
+
+
+@functools.cache
+def _entry_points() -> dict[str, EntryPoint]:
+    """The installed packages' backends by scheme, read once (built-in schemes left out)."""
+    found: dict[str, EntryPoint] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        scheme = point.name.lower()
+        if _SCHEME.fullmatch(scheme) and scheme not in _BUILTIN:
+            found.setdefault(scheme, point)
+    return found
 
 
 def _normal_scheme(scheme: str) -> str:
-    return scheme.lower()
+    normal = scheme.lower()
+    if not _SCHEME.fullmatch(normal):
+        raise UnsupportedLocation(
+            f"{scheme!r} is not a URL scheme (a letter, then letters, digits, '+', '-' or "
+            "'.'); write a location as scheme://... or as a local path"
+        )
+    return normal
