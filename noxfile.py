@@ -1,6 +1,7 @@
 """Developer tasks: `nox` runs the tests on every Python present, plus lint and typecheck.
 
-Also: `nox -s docs` (the site), `nox -s bench` (benchmarks), `nox -s s3` (LocalStack lane).
+Also: `nox -s docs` (the site), `nox -s bench` (benchmarks), `nox -s s3` (LocalStack lane),
+`nox -s mutants` (the mutation check).
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def tests(session: nox.Session) -> None:
     """
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def mutants(session: nox.Session) -> None:
+    """Break the backends and the queue on purpose (tests/mutants.py): each named mutant
+    must fail the tests that guard it."""
+    session.install(".[test,s3]")
+    session.run("python", "tests/mutants.py")
 
 
 @nox.session

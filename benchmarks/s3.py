@@ -96,8 +96,9 @@ RECORDS = "HEAD .records"  # the store's look for attempt records: per second, n
 WORKAROUND_HEADS = {
     "looks_before_copying": (
         ("claim", "HEAD"),
-        "a HEAD of the destination before each copy: the probe found that a refused copy "
-        "had overwritten its destination",
+        "a HEAD of the destination before each copy (the probe found that a refused copy "
+        "had overwritten its destination) and, without conditional deletes, one of the "
+        "source before its plain DELETE",
     ),
     "no_conditional_delete": (
         ("ack", "HEAD"),

@@ -315,6 +315,33 @@ class S3Contract(MultiProcessContract):
         later.ack()
         assert everywhere(prepared) == {}
 
+    def test_a_claim_resumed_after_its_source_was_replaced_leaves_the_new_one(
+        self, prepared: FileStore
+    ) -> None:
+        """A claim pauses between its copy and its delete past its lease; the message is
+        recovered, and a producer delivers another message of the same name meanwhile:
+        the resumed claim's delete (conditional on the ETag it copied) spares it."""
+        name = prepared.deliver(b"first", "job")
+        stalled = self.again(prepared)
+        copied, go_on = threading.Event(), threading.Event()
+        delete = backend_of(stalled)._delete_moved_source
+
+        def pause(key: str, etag: str) -> None:
+            copied.set()
+            go_on.wait(60)
+            delete(key, etag)
+
+        backend_of(stalled)._delete_moved_source = pause  # type: ignore[method-assign]
+        thread = threading.Thread(target=stalled.claim)
+        thread.start()
+        assert copied.wait(60)
+        assert prepared.recover(older_than=0).returned == [name]
+        assert prepared.deliver(b"second, another message", "job") == "job"
+        go_on.set()
+        thread.join()
+        assert prepared.read("job", "new") == b"second, another message"
+        assert sorted(prepared.names("new")) == ["job", "job:2"]
+
     def test_a_lost_answer_to_an_ack_is_a_success(self, prepared: FileStore) -> None:
         """The delete went through, its answer was lost, botocore's retry finds nothing."""
         names = [prepared.deliver(b"x") for _ in range(3)]

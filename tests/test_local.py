@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 import filespool.backends.local as local
 from filespool import ExclusiveMoveUnavailable, FileStore
 from filespool.backends.local import LocalBackend
+from filespool.queue import Recovery
 from filespool.testing import AtomicMoveContract, MultiProcessContract, claim_in_processes
 
 
@@ -241,41 +243,79 @@ def test_a_taken_staging_name_is_never_reused_or_removed(
     assert sorted(os.listdir(tmp_path / "spool" / "tmp")) == [".stage.taken"]
 
 
+class _PausedUnlink:
+    """Pauses one thread before its first unlink() of a file in `folder`: a worker stalled
+    between the link() and the unlink() of a move on the link fallback."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+        self.folder = f"/{folder}/"
+        self.thread: threading.Thread | None = None
+        self.linked, self.go_on = threading.Event(), threading.Event()
+        self._unlink = os.unlink
+        monkeypatch.setattr(os, "unlink", self._paused)
+
+    def _paused(self, path: str, *args: object, **kwargs: object) -> None:
+        mine = threading.current_thread() is self.thread and self.folder in path
+        if mine and not self.linked.is_set():
+            self.linked.set()
+            self.go_on.wait(60)
+        self._unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def start(self, work: Callable[[], object]) -> list[object]:
+        """Run `work` in the thread to pause; wait until it pauses; return its result list."""
+        result: list[object] = []
+        self.thread = threading.Thread(target=lambda: result.append(work()))
+        self.thread.start()
+        assert self.linked.wait(60)
+        return result
+
+    def resume(self) -> None:
+        self.go_on.set()
+        assert self.thread is not None
+        self.thread.join()
+
+
+def _fallback_store(root: Path) -> FileStore:
+    backend = LocalBackend(root)
+    backend._use_renameat2 = False
+    return FileStore(backend)
+
+
 def test_a_claim_stalled_between_link_and_unlink_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the link fallback a claim is link() then unlink(). The claimer pauses between the
     two past its lease: the message is recovered and claimed again, and the resumed
     claimer neither removes the only copy nor holds a claim it can act on."""
-
-    def fallback() -> FileStore:
-        backend = LocalBackend(tmp_path / "spool")
-        backend._use_renameat2 = False
-        return FileStore(backend)
-
-    store, stalled = fallback(), fallback()
+    store, stalled = _fallback_store(tmp_path / "spool"), _fallback_store(tmp_path / "spool")
     store.prepare()
     name = store.deliver(b"payload")
-    linked, go_on = threading.Event(), threading.Event()
-    real_unlink = os.unlink
-
-    def unlink(path: str, *args: object, **kwargs: object) -> None:
-        if threading.current_thread() is worker and "/new/" in path and not linked.is_set():
-            linked.set()
-            go_on.wait(60)
-        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "unlink", unlink)
-    result: list[object] = []
-    worker = threading.Thread(target=lambda: result.append(stalled.claim()))
-    worker.start()
-    assert linked.wait(60)
+    pause = _PausedUnlink(monkeypatch, "new")
+    result = pause.start(stalled.claim)
     assert store.recover(older_than=0).returned == [name]
     later = store.claim()
     assert later == name
-    go_on.set()
-    worker.join()
+    pause.resume()
     assert result == [None]  # it found its source gone, took its link back: a lost race
     assert later.read() == b"payload"
     later.ack()
+    assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]
+
+
+def test_a_take_over_stalled_while_the_worker_acks_leaves_no_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recoverer's take-over (link to the next generation, unlink the claim) pauses
+    between its two steps, and the worker acks meanwhile: the take-over finds its source
+    gone and removes its link, so the acked message is not delivered again."""
+    store, recoverer = _fallback_store(tmp_path / "spool"), _fallback_store(tmp_path / "spool")
+    store.prepare()
+    store.deliver(b"payload")
+    claim = store.claim()
+    assert claim is not None
+    pause = _PausedUnlink(monkeypatch, "cur")
+    result = pause.start(lambda: recoverer.recover(older_than=0))
+    claim.ack()
+    pause.resume()
+    assert result == [Recovery([], [])]
     assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import sys
 import threading
 import time
 from collections import Counter
@@ -662,10 +663,17 @@ class StoreContract:
                 results[index] = error
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(workers))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        # Switch threads every microsecond, not every 5 ms: a step that is not atomic (a
+        # missing lock, a check then an act) is then interleaved in nearly every round.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
         return results
 
     def test_of_concurrent_movers_exactly_one_wins(self, prepared: FileStore) -> None:

@@ -116,11 +116,13 @@ def test_requests_per_message_on_the_native_path(endpoint: str, bucket: str) -> 
     claims = [store.claim() for _ in range(messages)]
     assert claims == names
     assert store.claim() is None
-    # A HEAD of the destination before each copy: see the probe test.
+    # A HEAD of the destination before each copy (see the probe test), and one of the
+    # source before its plain DELETE (no conditional delete here: see below).
     assert calls == {
         ("ListObjectsV2", "new"): 2,
         ("HeadObject", "cur"): messages,
         ("CopyObject", "cur"): messages,
+        ("HeadObject", "new"): messages,
         ("DeleteObject", "new"): messages,
     }
 

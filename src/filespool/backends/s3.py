@@ -637,15 +637,18 @@ class S3Backend(Backend):
         """Delete the source of a move, only if it is still the object we copied.
 
         A 404 leaves the copy in place: the source may be gone by our own earlier try
-        (an answer lost, and the request sent again by botocore, or invisibly by aiohttp
-        on a dropped keep-alive connection), and then the copy is the only one left.
+        (an answer lost), and then the copy is the only one left.
         """
         for attempt in range(_ATTEMPTS):
             try:
                 if self._delete_if_match:
                     self._call("delete_object", Key=key, IfMatch=etag)
                 else:
-                    self._call("delete_object", Key=key)
+                    # No conditional delete on this server: a look first narrows, but cannot
+                    # close, the window in which a newer object under the key would go too.
+                    head = self._head(key)
+                    if head is not None and head["ETag"] == etag:
+                        self._call("delete_object", Key=key)
                 return
             except _Ambiguous:
                 if self._head(key) is None:
