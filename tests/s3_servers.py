@@ -288,26 +288,11 @@ class S3Contract(MultiProcessContract):
         lease: the message is recovered and claimed again, and the resumed claimer
         neither deletes the only copy nor holds a claim it can act on."""
         name = prepared.deliver(b"payload")
-        stalled = self.again(prepared)
-        copied, go_on = threading.Event(), threading.Event()
-        delete = backend_of(stalled)._delete_moved_source
-
-        def pause(key: str, etag: str) -> bool:
-            copied.set()
-            go_on.wait(60)
-            return delete(key, etag)
-
-        backend_of(stalled)._delete_moved_source = pause  # type: ignore[method-assign]
-        result: list[Any] = []
-        thread = threading.Thread(target=lambda: result.append(stalled.claim()))
-        thread.start()
-        assert copied.wait(60)
+        stalled = _PausedClaim(self.again(prepared))
         assert prepared.recover(older_than=0).returned == [name]
         later = self.again(prepared).claim()
         assert later == name
-        go_on.set()
-        thread.join()
-        [late] = result
+        late = stalled.resume()
         if late is not None:  # without conditional deletes the claimer cannot tell it lost
             with pytest.raises(LeaseLost):
                 late.ack()
@@ -322,23 +307,10 @@ class S3Contract(MultiProcessContract):
         recovered, and a producer delivers another message of the same name meanwhile:
         the resumed claim's delete (conditional on the ETag it copied) spares it."""
         name = prepared.deliver(b"first", "job")
-        stalled = self.again(prepared)
-        copied, go_on = threading.Event(), threading.Event()
-        delete = backend_of(stalled)._delete_moved_source
-
-        def pause(key: str, etag: str) -> None:
-            copied.set()
-            go_on.wait(60)
-            delete(key, etag)
-
-        backend_of(stalled)._delete_moved_source = pause  # type: ignore[method-assign]
-        thread = threading.Thread(target=stalled.claim)
-        thread.start()
-        assert copied.wait(60)
+        stalled = _PausedClaim(self.again(prepared))
         assert prepared.recover(older_than=0).returned == [name]
         assert prepared.deliver(b"second, another message", "job") == "job"
-        go_on.set()
-        thread.join()
+        stalled.resume()
         assert prepared.read("job", "new") == b"second, another message"
         assert sorted(prepared.names("new")) == ["job", "job:2"]
 
@@ -405,6 +377,32 @@ class S3Contract(MultiProcessContract):
         finally:
             proxy.stop()
         assert everywhere(store_on(endpoint, bucket)) == ({"job": left} if left else {})
+
+
+class _PausedClaim:
+    """A claim by `handle`, in a thread, paused between its copy into cur/ and the delete
+    of its source (as by a long GC pause or a network stall)."""
+
+    def __init__(self, handle: FileStore) -> None:
+        self.copied, self.go_on = threading.Event(), threading.Event()
+        self.result: list[Any] = []
+        delete = backend_of(handle)._delete_moved_source
+
+        def pause(key: str, etag: str) -> None:
+            self.copied.set()
+            self.go_on.wait(60)
+            delete(key, etag)
+
+        backend_of(handle)._delete_moved_source = pause  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=lambda: self.result.append(handle.claim()))
+        self.thread.start()
+        assert self.copied.wait(60)
+
+    def resume(self) -> Any:
+        """Let the claim go on; return what `claim()` returned."""
+        self.go_on.set()
+        self.thread.join()
+        return self.result[0]
 
 
 class _Consumer:
