@@ -32,9 +32,19 @@ class UnsupportedLocation(FileStoreError, ValueError):
 class NotFound(FileStoreError, FileNotFoundError):
     """The file does not exist in that folder (possibly because another worker moved it)."""
 
+    @classmethod
+    def file(cls, name: str, folder: str, url: str) -> NotFound:
+        """The error for a missing `folder/name` in the store at `url`."""
+        return cls(f"no file {name!r} in {folder}/ of {url}")
+
 
 class AlreadyExists(FileStoreError, FileExistsError):
     """A file of that name already exists in the destination folder."""
+
+    @classmethod
+    def file(cls, name: str, folder: str, url: str) -> AlreadyExists:
+        """The error for an occupied `folder/name` in the store at `url`."""
+        return cls(f"a file {name!r} already exists in {folder}/ of {url}")
 
 
 class LeaseLost(FileStoreError):
@@ -48,6 +58,11 @@ class LeaseLost(FileStoreError):
 
 class NotPrepared(FileStoreError, FileNotFoundError):
     """The store's folders do not exist: call `prepare()` first."""
+
+    @classmethod
+    def folder(cls, folder: str, url: str) -> NotPrepared:
+        """The error for a missing `folder` of the store at `url`."""
+        return cls(f"folder {folder}/ of {url} does not exist; call prepare() first")
 
 
 class ExclusiveMoveUnavailable(FileStoreError, OSError):

@@ -103,7 +103,7 @@ class LocalBackend(Backend):
         with self._errors(folder, name):
             status = os.lstat(self._path(folder, name))
         if not stat.S_ISREG(status.st_mode):
-            raise NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+            raise NotFound.file(name, folder, self.url)
         return Entry(name, status.st_ctime)
 
     def exists(self, folder: str, name: str) -> bool:
@@ -251,7 +251,7 @@ class LocalBackend(Backend):
             if code == errno.ENOENT:
                 raise self._missing(source_folder, os.path.basename(source), destination=folder)
             if code == errno.EEXIST:
-                raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+                raise AlreadyExists.file(name, folder, self.url)
             if code not in _UNSUPPORTED:
                 raise OSError(code, os.strerror(code), source, None, target)
             # NFS and some FUSE filesystems reject every flag; remember, and use links.
@@ -295,24 +295,20 @@ class LocalBackend(Backend):
             raise self._missing(folder, name, destination=destination) from None
         except FileExistsError:
             where = destination if destination is not None else folder
-            raise AlreadyExists(
-                f"a file {name!r} already exists in {where}/ of {self.url}"
-            ) from None
+            raise AlreadyExists.file(str(name), where, self.url) from None
 
     def _missing(self, folder: str, name: str, *, destination: str | None = None) -> NotFound:
         """The error for a missing `folder/name`; raises NotPrepared if a folder is missing."""
         self._check_prepared(folder)
         if destination is not None:
             self._check_prepared(destination)
-        return NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+        return NotFound.file(name, folder, self.url)
 
     def _check_prepared(self, folder: str) -> None:
         if folder in self._present:
             return
         if not os.path.isdir(self.folder_path(folder)):
-            raise NotPrepared(
-                f"folder {folder}/ of {self.url} does not exist; call prepare() first"
-            )
+            raise NotPrepared.folder(folder, self.url)
         self._present.add(folder)
 
 

@@ -147,20 +147,18 @@ class MemoryBackend(Backend):
         with _STORE_LOCK:
             for folder in folders:
                 if f"{self._root}/{folder}" not in self._fs.pseudo_dirs:
-                    raise NotPrepared(
-                        f"folder {folder}/ of {self.url} does not exist; call prepare() first"
-                    )
+                    raise NotPrepared.folder(folder, self.url)
             yield
 
     def _require(self, folder: str, name: str) -> Any:
         try:
             return self._files[self._key(folder, name)]
         except KeyError:
-            raise NotFound(f"no file {name!r} in {folder}/ of {self.url}") from None
+            raise NotFound.file(name, folder, self.url) from None
 
     def _require_absent(self, folder: str, name: str) -> None:
         if self._key(folder, name) in self._files:
-            raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+            raise AlreadyExists.file(name, folder, self.url)
 
 
 def _now() -> datetime:

@@ -300,15 +300,13 @@ class S3Backend(Backend):
             if folder in self._prepared:
                 return
         if self._head(self._folder_key(folder)) is None:
-            raise NotPrepared(
-                f"folder {folder}/ of {self.url} does not exist; call prepare() first"
-            )
+            raise NotPrepared.folder(folder, self.url)
         with self._lock:
             self._prepared.add(folder)
 
     def _not_found(self, folder: str, name: str) -> NoReturn:
         self._check_prepared(folder)
-        raise NotFound(f"no file {name!r} in {folder}/ of {self.url}")
+        raise NotFound.file(name, folder, self.url)
 
     # -- listing -----------------------------------------------------------------
 
@@ -466,7 +464,7 @@ class S3Backend(Backend):
             # Narrows, but cannot close, the window in which a refused copy would damage
             # the destination on such a server; claimers racing for one file copy the same
             # bytes, so that race does no harm.
-            raise AlreadyExists(f"a file {target!r} already exists in {destination}/ of {self.url}")
+            raise AlreadyExists.file(target, destination, self.url)
         for attempt in range(2):
             version = self._version(source, name)
             metadata = _fresh_metadata()
@@ -625,7 +623,7 @@ class S3Backend(Backend):
             if head is not None:
                 if head.get("Metadata", {}).get(_TOKEN) == metadata[_TOKEN]:
                     return _Version(head["ETag"], int(head["ContentLength"]))
-                raise AlreadyExists(f"a file {name!r} already exists in {folder}/ of {self.url}")
+                raise AlreadyExists.file(name, folder, self.url)
             if answer_lost and unsettled_if_missing:
                 raise _Unsettled()
             _backoff(attempt)  # neither ours nor another's: not applied, try again
