@@ -14,7 +14,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from filespool import FileStore
+from filespool import FileStore, LeaseLost
+from filespool.work import _input_for
 
 FILESPOOL = [sys.executable, "-m", "filespool"]
 
@@ -179,6 +180,18 @@ def test_work_reports_a_job_whose_lease_was_lost(spool: str, tmp_path: Path) -> 
     assert [(e["name"], e["status"]) for e in events[:-1]] == [(name, "lost"), (name, "acked")]
     assert (events[-1]["acked"], events[-1]["lost"]) == (1, 1)
     assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]
+
+
+def test_a_job_whose_file_was_taken_back_before_it_started_is_lost(spool: str) -> None:
+    """The hard link that `{}` stands for cannot be made once the claim lost its file."""
+    store = FileStore(spool)
+    store.deliver("ok")
+    claim = store.claim()
+    assert claim is not None
+    store.recover(older_than=0)
+    with pytest.raises(LeaseLost), _input_for(claim, ["cat", "{}"]):
+        pass
+    assert store.names("tmp") == []
 
 
 def _start_slow_work(

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
+from filespool.backends.base import STAGING_FOLDER
 from filespool.errors import FileStoreError, LeaseLost
 from filespool.names import unique_name
 from filespool.queue import Claim
@@ -137,7 +138,7 @@ class WorkPool:
         started = time.monotonic()
         returncode = -1  # the command never ran (its file was gone before it could start)
         try:
-            with _input_for(claim, self.command, self.store) as (arguments, stdin):
+            with _input_for(claim, self.command) as (arguments, stdin):
                 returncode = self._run(claim, arguments, stdin, attempt)
             if returncode == 0:
                 claim.ack()
@@ -181,9 +182,7 @@ def _abort(process: subprocess.Popen[bytes]) -> int:
 
 
 @contextmanager
-def _input_for(
-    claim: Claim, command: list[str], store: FileStore
-) -> Iterator[tuple[list[str], int]]:
+def _input_for(claim: Claim, command: list[str]) -> Iterator[tuple[list[str], int]]:
     """The command's arguments and standard input (a descriptor) for a claimed file.
 
     The path that replaces `{}` stays valid while the command runs, although renewing
@@ -201,9 +200,11 @@ def _input_for(
                 yield command, spill.fileno()
         return
     if "://" not in claim.path:
-        link = f"{store.backend.folder_path('tmp')}/.job.{unique_name()}"
-        with claim.queue.holding(claim):
+        link = f"{claim.queue.backend.folder_path(STAGING_FOLDER)}/.job.{unique_name()}"
+        try:
             os.link(claim.path, link)
+        except FileNotFoundError:
+            raise LeaseLost(f"the claim of {claim.name!r} no longer holds its file") from None
         try:
             yield _substitute(command, link), subprocess.DEVNULL
         finally:
