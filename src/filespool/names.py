@@ -73,12 +73,17 @@ def split_file_name(name: str) -> tuple[str, int]:
     message, mark, generation = name.rpartition(GENERATION_MARK)
     if not mark:
         return validate_name(name), 0
-    if not (generation.isascii() and generation.isdigit()) or generation.startswith("0"):
+    if not is_generation(generation):
         raise InvalidName(
             f"file name {name!r} has {GENERATION_MARK!r} but not as `name:N` with N a "
             "generation (1, 2, ...); message names cannot contain it"
         )
     return validate_name(message), int(generation)
+
+
+def is_generation(text: str) -> bool:
+    """Whether `text` is a generation as file names write it: 1, 2, ... (ASCII digits)."""
+    return text.isascii() and text.isdigit() and not text.startswith("0")
 
 
 def validate_file_name(name: object) -> str:

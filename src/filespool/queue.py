@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from filespool.backends.base import Backend, Entry
 from filespool.errors import AlreadyExists, InvalidMode, LeaseLost, NotFound, NotPrepared
-from filespool.names import GENERATION_MARK, file_name, split_file_name
+from filespool.names import GENERATION_MARK, file_name, is_generation, split_file_name
 
 RECORDS = ".records"
 """The folder of the queue's records (attempts, failure reasons), one file per message."""
@@ -366,7 +366,7 @@ class Queue:
         if self.dedup_window is None:
             return True
         self._make_folder(DELIVERIES)
-        mark = _mark(acked=False)
+        mark = json.dumps({"acked": False}).encode()
         while True:
             try:
                 # Unsettled means nothing is there: nobody takes marks away, so write again.
@@ -384,16 +384,11 @@ class Queue:
 
     def was_acked(self, message: str) -> bool:
         """Whether the message's delivery mark says it was acked (within the window)."""
-        try:
-            with self.backend.open(DELIVERIES, message) as file:
-                return bool(json.loads(file.read())["acked"])
-        except (NotFound, NotPrepared):
-            return False
+        return bool(self._read_json(DELIVERIES, message).get("acked"))
 
     def _mark_acked(self, message: str) -> None:
         if self.dedup_window is not None:
-            self._make_folder(DELIVERIES)
-            self.backend.replace(DELIVERIES, message, _mark(acked=True), durable=self.durable)
+            self._write_json(DELIVERIES, message, {"acked": True})
 
     def drop_expired_marks(self) -> None:
         """Remove the delivery marks older than the deduplication window."""
@@ -409,17 +404,24 @@ class Queue:
     def record(self, name: str) -> Record:
         """The record of a message (by its name, or the name of any generation of it)."""
         message = split_file_name(name.rpartition("/")[2])[0]
-        try:
-            with self.backend.open(RECORDS, message) as file:
-                fields = json.loads(file.read())
-        except (NotFound, NotPrepared):
-            return Record()
-        return Record(int(fields["attempts"]), fields["reason"])
+        fields = self._read_json(RECORDS, message)
+        return Record(int(fields.get("attempts", 0)), fields.get("reason"))
 
     def _remember(self, message: str, record: Record) -> None:
-        self._make_folder(RECORDS)
-        data = json.dumps({"attempts": record.attempts, "reason": record.reason}).encode()
-        self.backend.replace(RECORDS, message, data, durable=self.durable)
+        self._write_json(RECORDS, message, {"attempts": record.attempts, "reason": record.reason})
+
+    def _read_json(self, folder: str, message: str) -> dict[str, Any]:
+        """A small JSON file of the queue's own (a record, a mark); empty if there is none."""
+        try:
+            with self.backend.open(folder, message) as file:
+                fields: dict[str, Any] = json.loads(file.read())
+        except (NotFound, NotPrepared):
+            return {}
+        return fields
+
+    def _write_json(self, folder: str, message: str, fields: dict[str, Any]) -> None:
+        self._make_folder(folder)
+        self.backend.replace(folder, message, json.dumps(fields).encode(), durable=self.durable)
 
     def _forget(self, message: str) -> None:
         if self._records_may_exist():
@@ -525,21 +527,13 @@ def _is_queued(name: str) -> bool:
         return False
     message, mark, generation = name.rpartition(GENERATION_MARK)
     return not mark or (
-        generation.isascii()
-        and generation.isdigit()
-        and not generation.startswith("0")
-        and GENERATION_MARK not in message
-        and bool(message)
+        is_generation(generation) and bool(message) and GENERATION_MARK not in message
     )
 
 
 def _message_of(name: str) -> str:
     """The message name of a file name that `_is_queued` accepted."""
     return name.rpartition(GENERATION_MARK)[0] or name
-
-
-def _mark(*, acked: bool) -> bytes:
-    return json.dumps({"acked": acked}).encode()
 
 
 def _lease_lost(claim: Claim) -> LeaseLost:
