@@ -264,9 +264,7 @@ class Queue:
             self._backlog.rotate(-random.randrange(len(self._backlog)))
 
     def claim_of(self, name: str) -> Claim:
-        """The claim that holds `name`, a file name in `cur/` (or a `Claim` itself)."""
-        if isinstance(name, Claim):
-            return name
+        """The claim that holds `name`, a file name in `cur/`."""
         return Claim(split_file_name(name)[0], name, self)
 
     # -- the steps of a claim ------------------------------------------------------------
