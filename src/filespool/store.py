@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from filespool import backends
 from filespool.backends.base import STAGING_FOLDER, Backend
-from filespool.errors import InvalidFolder, InvalidMode, InvalidName, NotFound
+from filespool.errors import AlreadyExists, InvalidFolder, InvalidMode, InvalidName, NotFound
 from filespool.names import unique_name, validate_file_name, validate_name
 from filespool.queue import Claim, Queue, Record, Recovery
 
@@ -191,15 +191,24 @@ class FileStore:
         """
         payload = _as_bytes(data)
         bare = unique_name() if name is None else validate_name(name)
-        if not self._queue.first_delivery(bare):
+        if not self._queue.first_delivery(bare) and self._delivered(bare):
             return bare  # delivered within the deduplication window: not published again
-        # An unsettled write (its answer lost, and nothing under the name now) may have
-        # landed and been claimed since: publish it again only if the message is nowhere,
-        # nor marked acked (with a deduplication window).
-        while self.backend.put("new", bare, payload, durable=self.durable):
-            if self._queue.is_anywhere(bare) or self._queue.was_acked(bare):
-                break
+        try:
+            # An unsettled write (its answer lost, and nothing under the name now) may have
+            # landed and been claimed since: publish it again only if it is not delivered.
+            while self.backend.put("new", bare, payload, durable=self.durable):
+                if self._delivered(bare):
+                    break
+        except AlreadyExists:
+            if self._queue.dedup_window is None:
+                raise
+            # A concurrent delivery of the same name (with a window, the same message) won.
         return bare
+
+    def _delivered(self, name: str) -> bool:
+        """Whether the message is in the spool, or marked acked (with a window). A mark
+        alone is not enough: its producer may have died before publishing the message."""
+        return self._queue.is_anywhere(name) or self._queue.was_acked(name)
 
     def claim(self, wait: float | None = None) -> Claim | None:
         """Move one file from `new/` to `cur/` and return it; `None` if there is none.

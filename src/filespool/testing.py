@@ -823,6 +823,29 @@ class StoreContract:
         assert prepared.deliver(b"no window", "job") == "job"  # a store without one
         assert prepared.names("new") == ["job"]
 
+    def test_a_producer_that_died_after_its_mark_is_published_by_its_retry(
+        self, prepared: FileStore
+    ) -> None:
+        """A delivery marks its name, then publishes. A producer that dies between the two
+        leaves a mark and no message: its retry within the window must publish."""
+        store = FileStore(prepared.backend, dedup_window=3600)
+        store.deliver(b"other", "other")  # makes the marks' folder
+        assert store._queue.first_delivery("job")  # the mark of the producer that died
+        assert store.deliver(b"retried", "job") == "job"
+        assert sorted(store.names("new")) == ["job", "other"]
+        assert store.deliver(b"retried", "job") == "job"  # now a duplicate
+        assert sorted(store.names("new")) == ["job", "other"]
+
+    def test_concurrent_deliveries_of_one_name_in_a_window_publish_it_once(
+        self, prepared: FileStore
+    ) -> None:
+        handles = [FileStore(self.again(prepared).backend, dedup_window=3600) for _ in range(4)]
+        for round_ in range(self.race_rounds):
+            name = f"job-{round_}"
+            results = self._race([partial(h.deliver, b"x", name) for h in handles])
+            assert results == [name] * 4, results  # every producer is told it is delivered
+            assert prepared.names("new").count(name) == 1
+
     def test_a_name_is_delivered_again_after_the_window(self, prepared: FileStore) -> None:
         store = FileStore(prepared.backend, dedup_window=1)
         store.deliver(b"first", "job")
