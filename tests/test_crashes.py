@@ -60,11 +60,15 @@ def test_workers_killed_at_random_steps_lose_nothing(store: FileStore, tmp_path:
     spool = tmp_path / "spool"
     delivered = {store.deliver(b"x") for _ in range(300)}
     logs = [tmp_path / f"churn-{i}.log" for i in range(3)] + [tmp_path / "recover.log"]
-    for _ in range(12):
+    for round_ in range(12):
         workers = [start("churn", spool, log) for log in logs[:3]] + [
             start("recover", spool, logs[3])
         ]
-        time.sleep(random.uniform(0.3, 0.8))
+        deadline = time.monotonic() + 60
+        while any(logged([log], "R")["ready"] <= round_ for log in logs):  # all at work
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.05, 0.5))  # a random moment to kill them at
         assert [worker.poll() for worker in workers] == [None] * 4, "a worker died on its own"
         for worker in workers:
             kill(worker)

@@ -64,4 +64,5 @@ if __name__ == "__main__":
     mode, url, log_path = sys.argv[1:4]
     spool = FileStore(url, durable=False, max_attempts=None)
     with open(log_path, "a") as log_file:
+        _write(log_file, "R ready")  # started: the test kills it only from now on
         {"consume": consume, "churn": churn, "recover": recover}[mode](spool, log_file)
