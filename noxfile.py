@@ -115,12 +115,14 @@ def _localstack_possible() -> bool:
 
 @nox.session
 def s3(session: nox.Session) -> None:
-    """The S3 backend against LocalStack, which the tests start and stop (needs Python 3.13)."""
+    """The S3 backend against LocalStack, which the tests start and stop (needs Python 3.13),
+    and the mutants whose tests need LocalStack."""
     python = _localstack_python(session)
     session.install(".[test,s3]")
-    session.run(
-        "pytest", "tests/localstack", *session.posargs, env={"FILESPOOL_LOCALSTACK_PYTHON": python}
-    )
+    env = {"FILESPOOL_LOCALSTACK_PYTHON": python}
+    session.run("pytest", "tests/localstack", *session.posargs, env=env)
+    if not session.posargs:  # the whole lane: also the mutants only LocalStack can kill
+        session.run("python", "tests/mutants.py", "--localstack", env=env)
 
 
 def _localstack_python(session: nox.Session) -> str:

@@ -1,9 +1,11 @@
 """The mutation check: break the shipped code on purpose, one named way at a time, and
-require the tests to notice. `nox -s mutants` runs it (CI too); it exits 1 if a mutant
-survives, or if the tests fail before anything is broken.
+require the tests to notice. `nox -s mutants` runs it (CI too), and `nox -s s3` runs the
+mutants whose tests need LocalStack (`--localstack`); it exits 1 if a mutant survives, or
+if the tests fail before anything is broken.
 
-Each mutant replaces one exact piece of text in a copy of `src/`, then runs the tests
-that guard that piece (with the copy first on PYTHONPATH, child processes included).
+Each mutant replaces one exact piece of text in a copy of `src/` and `docs/examples/`, then
+runs the tests that guard that piece (with the copy of `src/` first on PYTHONPATH, child
+processes included; the example's tests run from the copy).
 """
 
 from __future__ import annotations
@@ -18,22 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = "filespool/backends/local.py"
-MEMORY = "filespool/backends/memory.py"
-S3 = "filespool/backends/s3.py"
-QUEUE = "filespool/queue.py"
+LOCAL = "src/filespool/backends/local.py"
+MEMORY = "src/filespool/backends/memory.py"
+S3 = "src/filespool/backends/s3.py"
+QUEUE = "src/filespool/queue.py"
+EXAMPLE = "docs/examples/dict_backend.py"
+COPIED = ("src", "docs/examples")
 
 
 @dataclass(frozen=True)
 class Mutant:
-    """One way to break the code: in `path` (under src/), `original` becomes `broken`."""
+    """One way to break the code: in `path`, `original` becomes `broken`."""
 
     name: str
     path: str
     original: str
     broken: str
     tests: tuple[str, ...]
+    localstack: bool = False
+    """Its tests need LocalStack (the S3 copy method): run by `nox -s s3`, which has it."""
 
+
+RACES = ("-k", "exactly_one_wins or never_both_win")
 
 MUTANTS = [
     Mutant(
@@ -41,7 +49,7 @@ MUTANTS = [
         LOCAL,
         "_RENAME_NOREPLACE = 1",
         "_RENAME_NOREPLACE = 0",
-        ("tests/test_local.py::TestLocal",),
+        ("tests/test_local.py::TestLocal", *RACES),
     ),
     Mutant(
         "local link fallback: a copy instead of an exclusive link",
@@ -62,14 +70,21 @@ MUTANTS = [
         LOCAL,
         "return os.path.samefile(self._path(first, name), self._path(second, name))",
         "return False",
-        ("tests/test_local.py::test_a_claim_stalled_between_link_and_unlink_loses_nothing",),
+        ("tests/test_local.py::TestLocalLinkFallback", "-k", "interrupted_move"),
     ),
     Mutant(
         "memory: no lock",
         MEMORY,
         "_STORE_LOCK = threading.RLock()",
         "_STORE_LOCK = __import__('contextlib').nullcontext()",
-        ("tests/test_memory.py::TestMemory",),
+        ("tests/test_memory.py::TestMemory", *RACES),
+    ),
+    Mutant(
+        "the example backend of the docs: no lock",
+        EXAMPLE,
+        "LOCK = threading.Lock()",
+        "LOCK = __import__('contextlib').nullcontext()",
+        ("docs/examples/test_dict_backend.py", *RACES),
     ),
     Mutant(
         "memory: a move overwrites its destination",
@@ -136,31 +151,67 @@ MUTANTS = [
         "pass",
         ("tests/test_s3_moto.py::TestS3Moto", "-k", "dropped_answers"),
     ),
+    Mutant(
+        "s3: same_file always False (an interrupted claim goes unnoticed)",
+        S3,
+        "return _moved_from(one, second, other) or _moved_from(other, first, one)",
+        "return False",
+        ("tests/test_s3_moto.py::TestS3Moto", "-k", "interrupted_move"),
+    ),
+    Mutant(
+        "s3: create's close writes whatever is there now (no If-Match on its placeholder)",
+        S3,
+        '"put_object", Key=key, Body=data, Metadata=metadata, IfMatch=placeholder.etag',
+        '"put_object", Key=key, Body=data, Metadata=metadata',
+        ("tests/test_s3_moto.py::TestS3Moto", "-k", "taken_away_while_written"),
+    ),
+    Mutant(
+        "s3: the copy without its condition",
+        S3,
+        'conditions = {"IfNoneMatch": "*"} if exclusive else {}',
+        "conditions = {}",
+        (
+            "tests/localstack/test_s3_localstack.py::TestS3LocalStack",
+            "-k",
+            "never_overwrites or exactly_one_wins",
+        ),
+        localstack=True,
+    ),
 ]
 
 
-def main() -> int:
-    """Check the tests pass as shipped, then that they fail for every mutant."""
-    for selection in dict.fromkeys(mutant.tests for mutant in MUTANTS):
-        if _run_tests(ROOT / "src", list(selection)) != 0:
-            print(f"{' '.join(selection)} fails before anything is broken: fix it first")
-            return 1
+def main(arguments: list[str]) -> int:
+    """Check the tests pass as shipped, then that they fail for every mutant (`--localstack`:
+    the mutants whose tests need LocalStack, else all others)."""
+    localstack = arguments == ["--localstack"]
+    mutants = [mutant for mutant in MUTANTS if mutant.localstack == localstack]
+    for selection in dict.fromkeys(mutant.tests for mutant in mutants):
+        with tempfile.TemporaryDirectory(prefix="filespool-mutant-") as scratch:
+            if _run_tests(_copy(Path(scratch)), list(selection)) != 0:
+                print(f"{' '.join(selection)} fails before anything is broken: fix it first")
+                return 1
     print("the selected tests pass as shipped", flush=True)
     survivors = []
-    for mutant in MUTANTS:
+    for mutant in mutants:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="filespool-mutant-") as scratch:
-            source = Path(scratch) / "src"
-            shutil.copytree(ROOT / "src", source)
-            _apply(source / mutant.path, mutant)
-            status = _run_tests(source, list(mutant.tests))
+            copy = _copy(Path(scratch))
+            _apply(copy / mutant.path, mutant)
+            status = _run_tests(copy, list(mutant.tests))
         killed = status == 1  # tests failed (2+: an error of another kind, not a verdict)
         verdict = "killed" if killed else f"SURVIVED (pytest exit {status})"
         print(f"{verdict:>8}  {mutant.name} ({time.monotonic() - started:.0f} s)", flush=True)
         if not killed:
             survivors.append(mutant.name)
-    print(f"{len(MUTANTS) - len(survivors)} of {len(MUTANTS)} mutants killed")
+    print(f"{len(mutants) - len(survivors)} of {len(mutants)} mutants killed")
     return 1 if survivors else 0
+
+
+def _copy(scratch: Path) -> Path:
+    """Copy what mutants break into `scratch`; return it."""
+    for folder in COPIED:
+        shutil.copytree(ROOT / folder, scratch / folder)
+    return scratch
 
 
 def _apply(path: Path, mutant: Mutant) -> None:
@@ -171,11 +222,13 @@ def _apply(path: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.original, mutant.broken))
 
 
-def _run_tests(source: Path, tests: list[str]) -> int:
-    environment = dict(os.environ, PYTHONPATH=f"{source}{os.pathsep}{ROOT / 'tests'}")
+def _run_tests(copy: Path, tests: list[str]) -> int:
+    environment = dict(os.environ, PYTHONPATH=f"{copy / 'src'}{os.pathsep}{ROOT / 'tests'}")
+    # The example's tests run from the copy, so that they import the copy of the example.
+    tests = [str(copy / test) if test.startswith("docs/") else test for test in tests]
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     return subprocess.run(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL).returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

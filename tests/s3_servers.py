@@ -22,9 +22,10 @@ from botocore.awsrequest import HeadersDict
 from s3fs import S3FileSystem
 
 from filespool import FileStore, LeaseLost
+from filespool.backends.base import Backend
 from filespool.backends.s3 import S3Backend
 from filespool.names import split_file_name
-from filespool.testing import MultiProcessContract
+from filespool.testing import SpoolContract
 
 CREDENTIALS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
 
@@ -213,6 +214,7 @@ class DropResponseProxy:
 CRASHING_CLAIMER = """
 import json, sys, time
 from filespool import FileStore
+from filespool.backends.base import Backend
 from filespool.backends.s3 import S3Backend
 
 def stall(self, key, etag):
@@ -259,25 +261,60 @@ def store_on(endpoint: str, bucket: str, **extra: Any) -> FileStore:
 
 
 def backend_of(store: FileStore) -> S3Backend:
-    backend = store.backend
+    return backend_of_backend(store.backend)
+
+
+def backend_of_backend(backend: Backend) -> S3Backend:
     assert isinstance(backend, S3Backend)
     return backend
 
 
-class S3Contract(MultiProcessContract):
+def _ground_truth(backend: Backend) -> tuple[S3FileSystem, str]:
+    """An s3fs filesystem on the backend's server, and the backend's root in it."""
+    endpoint = backend_of_backend(backend).storage_options["endpoint_url"]
+    return _shared_filesystem(endpoint), backend.url.removeprefix("s3://")
+
+
+class _MoverDied(Exception):
+    """A mover stopped between its copy and its delete."""
+
+
+class S3Contract(SpoolContract):
     """The contract on an S3 server; a test module provides ``endpoint`` and ``bucket``.
 
-    Not an AtomicMoveContract: an S3 move is a copy then a delete, seen by readers.
+    Moves are not atomic to readers: an S3 move is a copy then a delete.
     """
 
-    @pytest.fixture
-    def store(self, endpoint: str, bucket: str) -> FileStore:
-        return store_on(endpoint, bucket)
+    shared_by_processes = True
 
-    def filesystem(self, store: FileStore) -> tuple[Any, str]:
-        """An s3fs filesystem on the same server, and the store's path in it."""
-        endpoint = backend_of(store).storage_options["endpoint_url"]
-        return _shared_filesystem(endpoint), store.url.removeprefix("s3://")
+    @pytest.fixture
+    def backend(self, endpoint: str, bucket: str) -> Backend:
+        return store_on(endpoint, bucket).backend
+
+    def write_directly(self, backend: Backend, path: str, data: bytes) -> None:
+        fs, root = _ground_truth(backend)
+        fs.pipe_file(f"{root}/{path}", data)
+
+    def read_directly(self, backend: Backend, path: str) -> bytes | None:
+        fs, root = _ground_truth(backend)
+        try:
+            data: bytes = fs.cat_file(f"{root}/{path}")
+        except FileNotFoundError:
+            return None
+        return data
+
+    def interrupt_move(self, backend: Backend, source: str, name: str, destination: str) -> None:
+        s3 = backend_of_backend(backend)
+
+        def die(key: str, etag: str) -> None:
+            raise _MoverDied()
+
+        s3._delete_moved_source = die  # type: ignore[method-assign]
+        try:
+            with contextlib.suppress(_MoverDied):
+                s3.move(source, name, destination)
+        finally:
+            del s3._delete_moved_source
 
     # -- fenced claims against S3's two-step moves and lost answers ---------------------
 

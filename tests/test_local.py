@@ -18,28 +18,51 @@ import pytest
 
 import filespool.backends.local as local
 from filespool import ExclusiveMoveUnavailable, FileStore
+from filespool.backends.base import Backend
 from filespool.backends.local import LocalBackend
 from filespool.queue import Recovery
-from filespool.testing import AtomicMoveContract, MultiProcessContract, claim_in_processes
+from filespool.testing import SpoolContract, claim_in_processes
 
 
-class TestLocal(AtomicMoveContract, MultiProcessContract):
-    @pytest.fixture
-    def store(self, tmp_path: Path) -> FileStore:
-        return FileStore(tmp_path / "spool")
-
-
-class TestLocalLinkFallback(MultiProcessContract):
-    """The contract again with link() + unlink() moves, as on NFS.
-
-    Not an AtomicMoveContract: for an instant the file has both names.
-    """
+class TestLocal(SpoolContract):
+    atomic_moves = True  # rename() with RENAME_NOREPLACE: one step
+    shared_by_processes = True
 
     @pytest.fixture
-    def store(self, tmp_path: Path) -> FileStore:
+    def backend(self, tmp_path: Path) -> Backend:
+        return LocalBackend(tmp_path / "spool")
+
+    def write_directly(self, backend: Backend, path: str, data: bytes) -> None:
+        target = _root(backend) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def read_directly(self, backend: Backend, path: str) -> bytes | None:
+        try:
+            return (_root(backend) / path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+class TestLocalLinkFallback(TestLocal):
+    """The contract again with link() + unlink() moves, as on NFS: for an instant a moving
+    file has both names, so moves are not atomic to readers."""
+
+    atomic_moves = False
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Backend:
         backend = LocalBackend(tmp_path / "spool")
         backend._use_renameat2 = False
-        return FileStore(backend)
+        return backend
+
+    def interrupt_move(self, backend: Backend, source: str, name: str, destination: str) -> None:
+        root = _root(backend)
+        os.link(root / source / name, root / destination / name)  # the link, not the unlink
+
+
+def _root(backend: Backend) -> Path:
+    return Path(backend.url.removeprefix("file://"))
 
 
 def test_url_and_locations(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import fsspec
 import pytest
 
 from filespool import FileStore
-from filespool.testing import AtomicMoveContract
+from filespool.backends.base import Backend
+from filespool.backends.memory import MemoryBackend
+from filespool.testing import SpoolContract
 
 
 @pytest.fixture
@@ -21,10 +23,22 @@ def memory_url() -> Iterator[str]:
         fs.rm(url, recursive=True)
 
 
-class TestMemory(AtomicMoveContract):
+class TestMemory(SpoolContract):
+    atomic_moves = True  # under one lock
+
     @pytest.fixture
-    def store(self, memory_url: str) -> FileStore:
-        return FileStore(memory_url)
+    def backend(self, memory_url: str) -> Backend:
+        return MemoryBackend(memory_url.removeprefix("memory://"))
+
+    def write_directly(self, backend: Backend, path: str, data: bytes) -> None:
+        fsspec.filesystem("memory").pipe_file(f"{backend.url}/{path}", data)
+
+    def read_directly(self, backend: Backend, path: str) -> bytes | None:
+        try:
+            data: bytes = fsspec.filesystem("memory").cat_file(f"{backend.url}/{path}")
+        except FileNotFoundError:
+            return None
+        return data
 
 
 def test_stores_of_one_name_share_files_and_others_do_not(memory_url: str) -> None:

@@ -56,9 +56,8 @@ def bucket(endpoint: str) -> str:
 
 @pytest.mark.slow
 class TestS3Moto(S3Contract):
-    # moto answers one request at a time (see s3_launch.moto_server) from this process;
-    # the fresh-claim test must drain 10 * race_rounds claims within its 30 s lease while a
-    # recoverer lists in a loop. 8-thread races still run 5 rounds each.
+    # moto answers one request at a time (see s3_launch.moto_server) from this process:
+    # 5 rounds of each 8-thread race keep the class near a minute and a half.
     race_rounds = 5
 
 

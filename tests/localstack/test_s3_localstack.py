@@ -16,6 +16,7 @@ import pytest
 
 from filespool import AlreadyExists
 from filespool.backends import s3
+from filespool.backends.base import Backend
 from filespool.testing import claim_in_processes
 from s3_launch import localstack
 from s3_servers import (
@@ -49,11 +50,25 @@ def bucket(endpoint: str) -> str:
     return new_bucket(endpoint)  # unique: LocalStack keeps objects in a fixed /tmp folder
 
 
+_REFUSED_COPY_WRITES = "LocalStack: a refused conditional copy writes its bytes anyway"
+
+
 class TestS3LocalStack(S3Contract):
-    # A fresh-claim test drains 10 * race_rounds messages while a recoverer lists in a loop,
-    # and must finish within its 30 s lease on this 2-core machine; the races below use
-    # 8 processes and 2,000 messages instead.
+    # 10 rounds of each 8-thread race; the races below the class use 8 processes and 2,000
+    # messages instead.
     race_rounds = 10
+
+    # LocalStack's known defect (docs/s3.md, "Servers"): a conditional CopyObject refused
+    # with 412 has already written its bytes over the winner's. Racers that copy different
+    # bytes to one name then leave the wrong bytes there; a claim race copies one source's
+    # bytes, so the protocol is unharmed. Strict: this fails once LocalStack is fixed.
+    @pytest.mark.xfail(reason=_REFUSED_COPY_WRITES, strict=True)
+    def test_of_concurrent_movers_to_one_name_exactly_one_wins(self, ready: Backend) -> None:
+        super().test_of_concurrent_movers_to_one_name_exactly_one_wins(ready)
+
+    @pytest.mark.xfail(reason=_REFUSED_COPY_WRITES, strict=False)  # only when the put wins
+    def test_a_put_and_a_move_to_one_name_never_both_win(self, ready: Backend) -> None:
+        super().test_a_put_and_a_move_to_one_name_never_both_win(ready)
 
 
 def test_localstack_is_probed_onto_the_copy_method(endpoint: str, bucket: str) -> None:

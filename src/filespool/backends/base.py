@@ -5,8 +5,9 @@ the maildir protocol: `filespool.FileStore` validates every name and
 folder before it calls a backend, so a backend may assume its arguments are
 safe bare names and folder names.
 
-What each method must guarantee is stated in its docstring; the contract
-suite in `filespool.testing` checks those guarantees.
+This module is the specification: what each method must guarantee, and what it
+raises, is stated in its docstring; the contract suite in `filespool.testing` checks
+those guarantees (docs/writing-a-backend.md walks through writing one).
 """
 
 from __future__ import annotations
@@ -39,9 +40,24 @@ class Entry:
 class Backend(ABC):
     """Storage for a spool: files in folders under one root.
 
-    Errors: raise `NotFound` for a missing file,
-    `AlreadyExists` for an occupied destination, and
-    `NotPrepared` when the folder itself is missing.
+    **Errors.** Every method raises the typed errors of `filespool.errors`, made by their
+    constructors so that users read the same message on every backend:
+    `NotPrepared.folder(...)` when a folder it needs (the staging folder `tmp` included)
+    does not exist, `NotFound.file(...)` for a missing file, `AlreadyExists.file(...)` for
+    an occupied destination. Errors of the storage itself (a network, a permission) may
+    pass as they are, or as a subclass of `FileStoreError`.
+
+    **Threads and processes.** One backend object is used by many threads at once. A
+    backend that pickles, and whose unpickled copy in another process reaches the same
+    files, can serve stores shared by processes (the contract's `shared_by_processes`).
+
+    **Capabilities** (declared on the contract's test class, which skips what a backend
+    does not offer): `atomic_moves` (a moving file is never seen in both folders, nor in
+    neither: one rename, or one step under a lock; copy-then-delete and link-then-unlink
+    are not) and two-step moves (`interrupt_move`: a mover that dies between its steps
+    leaves the file in both folders, which `same_file` must recognise).
+
+    The contract suite, `filespool.testing.SpoolContract`, checks each guarantee below.
     """
 
     @property
@@ -51,52 +67,62 @@ class Backend(ABC):
 
     @abstractmethod
     def folder_path(self, folder: str) -> str:
-        """The full path of a folder: an OS path for local storage, else a URL.
+        """Where users find a folder: an OS path for local storage, else a URL.
 
-        `folder_path(folder) + "/" + name` must be openable by `open()`
-        (local) or `fsspec.open()` (any other backend).
+        `FileStore.list()` gives `folder_path(folder) + "/" + name` for each file; where
+        fsspec knows the scheme, `fsspec.open()` should read it.
         """
 
     @abstractmethod
     def create_folders(self, folders: Iterable[str]) -> None:
-        """Create the root and the folders if missing; do nothing for those that exist."""
+        """Create the root and the folders if missing; leave existing ones and their files."""
 
     @abstractmethod
     def list_names(self, folder: str) -> list[str]:
-        """Names of the regular files in a folder, in any order (subfolders excluded)."""
+        """Names of the regular files in a folder, dotfiles included, in any order.
+
+        Subfolders, and what is in them, are left out. Raises `NotPrepared`.
+        """
 
     def iter_names(self, folder: str) -> Iterator[str]:
         """`list_names`, lazily: a backend that can list in pages yields page by page.
 
-        Must raise `NotPrepared` at once for a missing folder.
+        Raises `NotPrepared` at the call, before any iteration.
         """
         return iter(self.list_names(folder))
 
     @abstractmethod
     def scan(self, folder: str) -> list[Entry]:
-        """Every regular file in a folder (dotfiles included) with its `changed` time."""
+        """Every file `list_names` gives, with its `changed` time. Raises `NotPrepared`."""
 
     @abstractmethod
     def info(self, folder: str, name: str) -> Entry:
-        """The file's entry, as `scan` would report it."""
+        """The file's entry, with the very `changed` time `scan` reports for it.
+
+        Raises `NotFound` (also for a subfolder), `NotPrepared`.
+        """
 
     @abstractmethod
     def exists(self, folder: str, name: str) -> bool:
-        """Whether a regular file `name` exists in the folder."""
+        """Whether a regular file `name` is in the folder. Raises `NotPrepared`."""
 
     @abstractmethod
     def create(self, folder: str, name: str) -> BinaryIO:
         """Create a file exclusively and return it open for binary writing.
 
-        An existing file raises `AlreadyExists` and is left untouched.
+        The name is taken when this returns; what is written is there, whole, once the
+        file is closed. A file moved or removed while open is never brought back under
+        its old name by closing it (the content may follow a moved file, as on a local
+        disk, or closing may raise `NotFound`, as on S3).
+        Raises `AlreadyExists` (the existing file left untouched), `NotPrepared`.
         """
 
     @abstractmethod
     def open(self, folder: str, name: str) -> BinaryIO:
-        """Open a file for binary reading."""
+        """Open a file for binary reading. Raises `NotFound`, `NotPrepared`."""
 
     def read(self, folder: str, name: str) -> bytes:
-        """A file's whole content."""
+        """A file's whole content. Raises `NotFound`, `NotPrepared`."""
         with self.open(folder, name) as file:
             return file.read()
 
@@ -109,6 +135,7 @@ class Backend(ABC):
         if the outcome is unknown: the write's answer was lost and no file of that name
         is there now, so it either never landed or landed and was moved away since (by a
         consumer). Storage whose writes cannot lose an answer always returns False.
+        Raises `AlreadyExists` (the existing file left untouched), `NotPrepared`.
         """
 
     @abstractmethod
@@ -116,21 +143,27 @@ class Backend(ABC):
         """Move `source/name` to `destination/new_name` (by default under the same name).
 
         Exclusive at the destination: an existing destination raises `AlreadyExists`
-        and is left untouched, and of concurrent movers to one destination exactly one
-        succeeds. A missing source raises `NotFound`. Storage that moves in two steps
-        (copy or link, then remove the source) and finds the source gone at the second
-        step may remove its copy and raise `NotFound` only if it knows the source was
-        removed by someone else; where an answer can be lost (the source may have gone by
-        the mover's own earlier try), it keeps the copy and the move counts as done.
+        and both files are left untouched, and of concurrent movers to one destination
+        exactly one succeeds. The moved file's `changed` time is the time of the move (a
+        claim's lease runs from it). Atomic to readers only where the backend declares
+        `atomic_moves`. A missing source raises `NotFound`; a missing folder,
+        `NotPrepared`. Storage that moves in two steps (copy or link, then remove the
+        source) and finds the source gone at the second step may remove its copy and
+        raise `NotFound` only if it knows the source was removed by someone else; where an
+        answer can be lost (the source may have gone by the mover's own earlier try), it
+        keeps the copy and the move counts as done.
         """
 
     @abstractmethod
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
-        """Copy a file: the copy appears whole or not at all and never overwrites."""
+        """Copy a file under the same name: the copy appears whole or not at all.
+
+        Raises `AlreadyExists` (never overwrites), `NotFound`, `NotPrepared`.
+        """
 
     @abstractmethod
     def remove(self, folder: str, name: str) -> None:
-        """Delete a file."""
+        """Delete a file. Raises `NotFound`, `NotPrepared`."""
 
     def discard(self, folder: str, name: str) -> None:
         """Delete a file if it is there; do nothing if it, or its folder, is not."""
@@ -142,11 +175,12 @@ class Backend(ABC):
         """Publish `data` as `folder/name` whole, replacing any file of that name.
 
         Only for the store's own records (attempt counts, failure reasons), never for
-        spooled files.
+        spooled files. Raises `NotPrepared`.
         """
 
     @abstractmethod
     def same_file(self, first: str, second: str, name: str) -> bool:
-        """Whether `first/name` and `second/name` hold one message: a move between the
-        two folders was interrupted between its two steps, or moved a copy of what the
-        other holds. False if either is missing."""
+        """Whether `first/name` and `second/name` are one file: what a move between the two
+        folders, interrupted between its two steps, leaves. Files written separately are
+        never the same file, even with the same bytes; False if either is missing.
+        Storage whose moves take one step may answer by identity alone."""

@@ -58,7 +58,6 @@ _KNOWN_VERSIONS = 10_000  # ETags and sizes remembered from listings and own wri
 
 # User metadata (S3 returns the keys lowercased).
 _TOKEN = "filespool-token"  # unique per write: tells our own write from another's
-_CHANGED = "filespool-changed"  # when the file arrived or was touched, time.time()
 _MOVED_FROM = "filespool-moved-from"  # "<source folder>/<source ETag>" of a move
 
 # What each condition needs from the installed botocore model: a parameter it
@@ -341,7 +340,7 @@ class S3Backend(Backend):
                         self._prepared.add(folder)
                     continue
                 self._know(folder, name, _Version(item["ETag"], int(item["Size"])))
-                entries.append(Entry(name, _timestamp(item["LastModified"])))
+                entries.append(Entry(name, _whole_seconds(item["LastModified"])))
             if first and not entries:
                 self._check_prepared(folder)
             first = False
@@ -354,7 +353,7 @@ class S3Backend(Backend):
         head = self._head(self._key(folder, name))
         if head is None:
             self._not_found(folder, name)
-        return Entry(name, _changed(head))
+        return Entry(name, _whole_seconds(head["LastModified"]))
 
     def exists(self, folder: str, name: str) -> bool:
         if self._head(self._key(folder, name)) is not None:
@@ -844,8 +843,8 @@ class _UploadOnClose(io.BytesIO):
 
 
 def _fresh_metadata() -> dict[str, str]:
-    """User metadata for a new write: a unique token and the time."""
-    return {_TOKEN: uuid.uuid4().hex, _CHANGED: _now()}
+    """User metadata for a new write: a unique token."""
+    return {_TOKEN: uuid.uuid4().hex}
 
 
 def _check_conditions_supported(client: Any) -> None:
@@ -894,20 +893,10 @@ def _put_version(response: dict[str, Any], size: int) -> _Version:
     return _Version(response["ETag"], size)
 
 
-def _changed(head: dict[str, Any]) -> float:
-    """Our own sub-second time of arrival or touch if recorded, else S3's LastModified."""
-    recorded = head.get("Metadata", {}).get(_CHANGED)
-    with suppress(TypeError, ValueError):
-        return float(recorded)
-    return _timestamp(head["LastModified"])
-
-
-def _timestamp(moment: datetime) -> float:
-    return moment.timestamp()
-
-
-def _now() -> str:
-    return f"{time.time():.6f}"
+def _whole_seconds(moment: datetime) -> float:
+    """S3's time of a write, to the second: a listing may give milliseconds that a HEAD
+    (an HTTP date) cannot, and `scan` and `info` must agree."""
+    return float(int(moment.timestamp()))
 
 
 def _backoff(attempt: int) -> None:

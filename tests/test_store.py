@@ -1,0 +1,187 @@
+"""The protocol's own checks, made before any backend call: names, folders, modes, data,
+and the root that nothing may be written outside of. They run on the local and memory
+backends, whose storage fsspec can look at directly; every backend's contract is in
+`filespool.testing`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from fsspec import AbstractFileSystem
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from filespool import FileStore
+from filespool.errors import (
+    FileStoreError,
+    InvalidFolder,
+    InvalidMode,
+    InvalidName,
+    NotPrepared,
+)
+from filespool.store import FOLDERS
+
+BAD_NAMES: list[Any] = [
+    "",
+    ".",
+    "..",
+    "a/b",
+    "a:b",
+    "../new/x",
+    "..\\new\\x",
+    "a\0b",
+    ".hidden",
+    "x" * 256,
+    "é" * 128,  # 256 bytes in UTF-8
+    "\udc80",  # a lone surrogate: not encodable
+    None,
+    5,
+    b"bytes",
+]
+BAD_FOLDERS: list[Any] = ["", "TMP", "../tmp", "tmp/", ".records", "dead", ".", None, 1]
+
+
+def _everything_outside(fs: AbstractFileSystem, root: str) -> set[str]:
+    """Every path beside `root` under its parent, for checking nothing was written there."""
+    parent = fs._parent(root)
+    paths = set(fs.find(parent, withdirs=True))
+    return {path for path in paths if path != root and not path.startswith(root + "/")}
+
+
+class TestValidation:
+    @pytest.fixture(params=["local", "memory"])
+    def store(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]:
+        if request.param == "local":
+            yield FileStore(tmp_path / "spool")
+            return
+        url = f"memory://validation-{uuid.uuid4().hex}"
+        yield FileStore(url)
+        with suppress(FileNotFoundError):
+            fsspec.filesystem("memory").rm(url, recursive=True)
+
+    @pytest.fixture
+    def prepared(self, store: FileStore) -> FileStore:
+        store.prepare()
+        return store
+
+    def test_unprepared_store_says_to_call_prepare(self, store: FileStore) -> None:
+        """The message of `NotPrepared` says what to do, whichever step met it."""
+        steps: list[Callable[[], object]] = [
+            lambda: store.names("new"),
+            lambda: store.deliver(b"x"),
+            store.claim,
+            lambda: store.open("a", "new"),
+        ]
+        for step in steps:
+            with pytest.raises(NotPrepared, match=r"call prepare\(\) first"):
+                step()
+
+    def test_url_reopens_the_same_store(self, prepared: FileStore) -> None:
+        name = prepared.deliver(b"x")
+        again = FileStore(prepared.url)
+        assert again.url == prepared.url
+        assert again.names("new") == [name]
+
+    @pytest.mark.parametrize("mode", ["r", "a", "w+", "x", "rb", "bw"])
+    def test_create_rejects_other_modes(self, prepared: FileStore, mode: str) -> None:
+        with pytest.raises(InvalidMode):
+            prepared.create("a-file", mode)  # type: ignore[call-overload]
+        assert prepared.names("tmp") == []
+
+    def test_move_rejects_a_full_path_of_another_folder(self, prepared: FileStore) -> None:
+        prepared.deliver(b"x", "a-file")
+        [path] = prepared.list("new")
+        with pytest.raises(InvalidName):
+            prepared.move(path, "cur", "tmp")
+        assert prepared.names("new") == ["a-file"]
+
+    @pytest.mark.parametrize("mode", ["w", "wb", "r+", "a", "br"])
+    def test_open_rejects_other_modes(self, prepared: FileStore, mode: str) -> None:
+        name = prepared.deliver(b"x")
+        with pytest.raises(InvalidMode):
+            prepared.open(name, "new", mode)  # type: ignore[call-overload]
+        assert prepared.open(name, "new", "rb").read() == b"x"
+
+    @pytest.mark.parametrize("data", [None, 5, ["x"]])
+    def test_deliver_rejects_other_data(self, prepared: FileStore, data: Any) -> None:
+        with pytest.raises(TypeError):
+            prepared.deliver(data)
+        assert prepared.names("new") == []
+
+    @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+    def test_bad_names_are_refused_everywhere(self, prepared: FileStore, name: Any) -> None:
+        prepared.deliver(b"x", "keep")
+        operations: list[Callable[[], object]] = [
+            lambda: prepared.create(name),
+            lambda: prepared.move(name, "new", "cur"),
+            lambda: prepared.copy(name, "new", "cur"),
+            lambda: prepared.remove(name, "new"),
+            lambda: prepared.open(name, "new"),
+            lambda: prepared.exists(name, "new"),
+        ]
+        if name is not None:  # deliver() makes up a name for None
+            operations.append(lambda: prepared.deliver(b"x", name))
+        for operation in operations:
+            with pytest.raises(InvalidName):
+                operation()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], [], []]
+
+    @pytest.mark.parametrize("folder", BAD_FOLDERS, ids=repr)
+    def test_bad_folders_are_refused_everywhere(self, prepared: FileStore, folder: Any) -> None:
+        prepared.deliver(b"x", "keep")
+        operations: list[Callable[[], object]] = [
+            lambda: prepared.list(folder),
+            lambda: prepared.names(folder),
+            lambda: prepared.move("keep", "new", folder),
+            lambda: prepared.move("keep", folder, "cur"),
+            lambda: prepared.copy("keep", "new", folder),
+            lambda: prepared.remove("keep", folder),
+            lambda: prepared.open("keep", folder),
+            lambda: prepared.exists("keep", folder),
+        ]
+        for operation in operations:
+            with pytest.raises(InvalidFolder):
+                operation()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], ["keep"], [], []]
+
+    # One store serves every example (nothing outside the root may change, whatever happens
+    # inside it), and each backend's subclass runs this test: both are intended.
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(
+        name=st.one_of(st.text(), st.sampled_from(BAD_NAMES), st.from_regex(r"(\.\./)+[a-z]+")),
+        folder=st.one_of(st.sampled_from(FOLDERS), st.text(max_size=8)),
+        operation=st.sampled_from(
+            ["create", "deliver", "move", "copy", "remove", "open", "exists", "list"]
+        ),
+    )
+    def test_nothing_is_ever_written_outside_the_root(
+        self, prepared: FileStore, name: Any, folder: Any, operation: str
+    ) -> None:
+        fs, root = fsspec.core.url_to_fs(prepared.url)
+        before = _everything_outside(fs, root)
+        calls: dict[str, Callable[[], object]] = {
+            "create": lambda: prepared.create(name).close(),
+            "deliver": lambda: prepared.deliver(b"x", name),
+            "move": lambda: prepared.move(name, folder, "cur"),
+            "copy": lambda: prepared.copy(name, "tmp", folder),
+            "remove": lambda: prepared.remove(name, folder),
+            "open": lambda: prepared.open(name, folder).close(),
+            "exists": lambda: prepared.exists(name, folder),
+            "list": lambda: prepared.list(folder),
+        }
+        with suppress(FileStoreError, TypeError):
+            calls[operation]()
+        assert _everything_outside(fs, root) == before
