@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import filespool.backends.local as local
-from filespool import ExclusiveMoveUnavailable, FileStore
+from filespool import ExclusiveMoveUnavailable, FileStore, NotPrepared, UnsupportedLocation
 from filespool.backends.base import Backend
 from filespool.backends.local import LocalBackend
 from filespool.queue import Recovery
@@ -89,9 +89,52 @@ def test_relative_location_gives_absolute_paths(
     store.remove(path, "new")  # gocept.filestore broke here for relative store paths
 
 
-def test_local_takes_no_storage_options(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="no storage options"):
+def test_local_takes_only_the_private_option(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="only the storage option 'private'"):
         FileStore(tmp_path, anon=True)
+    with pytest.raises(TypeError, match="true or false"):
+        FileStore(tmp_path, private="yes")
+
+
+@pytest.mark.parametrize(
+    ("private", "files", "folders"), [(False, 0o644, 0o755), (True, 0o600, 0o700)]
+)
+def test_permissions_follow_the_umask_or_are_private(
+    tmp_path: Path, private: bool, files: int, folders: int
+) -> None:
+    """By default the umask decides (0644 and 0755 under 022); a private spool keeps its
+    files and folders to their owner, whatever the umask, as mail delivery agents do."""
+    previous = os.umask(0o022)
+    try:
+        store = FileStore(tmp_path / "spool", private=private)
+        store.prepare()
+        store.deliver(b"x")
+        store.claim().release()  # type: ignore[union-attr]  # writes an attempt record
+        with store.create("created") as file:
+            file.write("x")
+        store.copy(store.deliver(b"x"), "new", "cur")
+    finally:
+        os.umask(previous)
+    root = tmp_path / "spool"
+    assert {p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()} == {files}
+    assert {p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")] if p.is_dir()} == {folders}
+
+
+def test_a_file_where_the_spool_should_be_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("not a spool")
+    store = FileStore(tmp_path / "f.txt")
+    for step in (store.prepare, lambda: store.names("new"), lambda: store.deliver(b"x")):
+        with pytest.raises(NotPrepared, match=r"f.txt is a file, not a directory"):
+            step()
+
+
+def test_an_empty_location_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset variable must not make the working directory a spool."""
+    monkeypatch.chdir(tmp_path)
+    for location in ("", "  ", "file://"):
+        with pytest.raises(UnsupportedLocation, match="the location is empty"):
+            FileStore(location)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("durable", "expected"), [(True, 2), (False, 0)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -26,6 +27,7 @@ def test_valid_names_are_exactly_the_safe_ones(name: str) -> None:
         name != ""
         and not name.startswith(".")
         and not any(c in name for c in "/\\\0:")
+        and not any(unicodedata.category(c) == "Cc" for c in name)
         and not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
         and len(name.encode("utf-8", "surrogatepass")) <= MAX_MESSAGE_NAME_BYTES
     )
@@ -34,6 +36,13 @@ def test_valid_names_are_exactly_the_safe_ones(name: str) -> None:
     else:
         with pytest.raises(InvalidName):
             validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["evil\nname", "tab\there", "bell\x07", "del\x7f", "c1\x85"])
+def test_control_characters_are_refused(name: str) -> None:
+    """A name with a newline (or any control character) would break `ls` one per line."""
+    with pytest.raises(InvalidName, match="control character"):
+        validate_name(name)
 
 
 def test_generated_names_are_valid_sorted_and_maildir_shaped() -> None:

@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 
 from filespool.errors import InvalidName
 
@@ -25,8 +26,8 @@ _UNSAFE_HOST_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 def validate_name(name: object) -> str:
     """Return `name` if it is a safe bare file name, else raise `InvalidName`.
 
-    A safe name is a non-empty string without `/`, `\\`, NUL or `:` (which
-    marks a generation, see `file_name`), does not start with `.` (which also
+    A safe name is a non-empty string without `/`, `\\`, control characters or `:`
+    (which marks a generation, see `file_name`), does not start with `.` (which also
     rules out `.` and `..`; dotfiles are reserved for staging), and is at most
     `MAX_MESSAGE_NAME_BYTES` in UTF-8 (255 less room for a generation).
     """
@@ -37,6 +38,11 @@ def validate_name(name: object) -> str:
     for character in _PATH_CHARACTERS:
         if character in name:
             raise InvalidName(f"file name {name!r} contains {character!r}; pass a bare name")
+    if any(unicodedata.category(character) == "Cc" for character in name):
+        raise InvalidName(
+            f"file name {name!r} contains a control character (a newline, a tab, ...), "
+            "which would break listings one name per line"
+        )
     if GENERATION_MARK in name:
         raise InvalidName(
             f"name {name!r} contains {GENERATION_MARK!r}, which file names use to mark a "

@@ -65,11 +65,21 @@ def schemes() -> list[str]:
 
 
 def open_backend(location: str | os.PathLike[str], **storage_options: Any) -> Backend:
-    """Return the backend for a location: a local path or a `scheme://...` URL."""
-    if isinstance(location, os.PathLike) or "://" not in location:
-        return _factory("file")(os.fspath(location), **storage_options)
-    scheme = location.split("://", 1)[0]
-    return _factory(_normal_scheme(scheme))(location, **storage_options)
+    """Return the backend for a location: a local path or a `scheme://...` URL.
+
+    An empty location (or `file://` with no path) raises `UnsupportedLocation`: it is
+    far more often an unset variable than a wish to make the working directory a spool.
+    """
+    path = os.fspath(location)
+    if not path.strip() or path.strip().lower() == "file://":
+        raise UnsupportedLocation(
+            f"the location is empty ({path!r}); give a path or a URL (for the working "
+            "directory, say '.')"
+        )
+    if "://" not in path:
+        return _factory("file")(path, **storage_options)
+    scheme = path.split("://", 1)[0]
+    return _factory(_normal_scheme(scheme))(path, **storage_options)
 
 
 def _factory(scheme: str) -> BackendFactory:

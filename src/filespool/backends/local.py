@@ -53,8 +53,13 @@ class LocalBackend(Backend):
     `ExclusiveMoveUnavailable`; it never overwrites.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, private: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        self.private = private
+        # Permissions before the umask: 0644/0755 under the usual umask 022 by default;
+        # private spools keep their files to their owner, as mail delivery agents do.
+        self._file_mode = 0o600 if private else 0o666
+        self._folder_mode = 0o700 if private else 0o777
         self._use_renameat2 = _renameat2 is not None
         # Folders seen to exist: a missing file in them is then NotFound without a stat.
         self._present: set[str] = set()
@@ -73,9 +78,13 @@ class LocalBackend(Backend):
         return f"{self.root}/{folder}/{name}"  # folder and name are validated: nothing to join
 
     def create_folders(self, folders: Iterable[str]) -> None:
-        os.makedirs(self.root, exist_ok=True)
-        for folder in folders:
-            os.makedirs(self.folder_path(folder), exist_ok=True)
+        for path in (self.root, *map(self.folder_path, folders)):
+            try:
+                os.makedirs(path, mode=self._folder_mode, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise _not_a_directory(path) from None
+            if self.private:
+                os.chmod(path, self._folder_mode)  # also for folders made before
 
     def list_names(self, folder: str) -> list[str]:
         return list(self.iter_names(folder))
@@ -115,8 +124,11 @@ class LocalBackend(Backend):
         return stat.S_ISREG(mode)
 
     def create(self, folder: str, name: str) -> BinaryIO:
-        with self._errors(folder, name):
-            return open(self._path(folder, name), "xb")  # O_CREAT | O_EXCL: never truncates
+        with self._errors(folder, name):  # "x": O_CREAT | O_EXCL, never truncates
+            return open(self._path(folder, name), "xb", opener=self._open_private_or_not)
+
+    def _open_private_or_not(self, path: str, flags: int) -> int:
+        return os.open(path, flags, self._file_mode)
 
     def open(self, folder: str, name: str) -> BinaryIO:
         try:
@@ -186,13 +198,13 @@ class LocalBackend(Backend):
         path = self._path(STAGING_FOLDER, f".stage.{staging_name()}")
         try:
             try:
-                return path, os.open(path, flags, 0o666)
+                return path, os.open(path, flags, self._file_mode)
             except FileExistsError:
                 # Left by an earlier process with our id, or made by a host with our name
                 # sharing this folder: a fully unique name settles it.
                 path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
-                return path, os.open(path, flags, 0o666)
-        except FileNotFoundError:
+                return path, os.open(path, flags, self._file_mode)
+        except (FileNotFoundError, NotADirectoryError):
             raise self._missing(STAGING_FOLDER, os.path.basename(path)) from None
 
     def _stage(self, write: Callable[[BinaryIO], object], *, durable: bool) -> str:
@@ -296,6 +308,9 @@ class LocalBackend(Backend):
         except FileExistsError:
             where = destination if destination is not None else folder
             raise AlreadyExists.file(str(name), where, self.url) from None
+        except NotADirectoryError:
+            self._check_prepared(folder)  # the root, or a folder, is a file
+            raise
 
     def _missing(self, folder: str, name: str, *, destination: str | None = None) -> NotFound:
         """The error for a missing `folder/name`; raises NotPrepared if a folder is missing."""
@@ -308,6 +323,9 @@ class LocalBackend(Backend):
         if folder in self._present:
             return
         if not os.path.isdir(self.folder_path(folder)):
+            for path in (self.root, self.folder_path(folder)):
+                if os.path.lexists(path) and not os.path.isdir(path):
+                    raise _not_a_directory(path)
             raise NotPrepared.folder(folder, self.url)
         self._present.add(folder)
 
@@ -329,8 +347,21 @@ def _fsync_directory(path: str) -> None:
         os.close(descriptor)
 
 
-def open_local(location: str, **storage_options: Any) -> LocalBackend:
-    """The factory for plain paths and `file://` URLs (local storage takes no options)."""
+def _not_a_directory(path: str) -> NotPrepared:
+    return NotPrepared(
+        f"{path} is a file, not a directory: a spool needs a directory of its own; choose "
+        "another location"
+    )
+
+
+def open_local(location: str, *, private: bool = False, **storage_options: Any) -> LocalBackend:
+    """The factory for plain paths and `file://` URLs; its one option is `private`
+    (files 0600 and folders 0700, whatever the umask)."""
     if storage_options:
-        raise TypeError(f"local storage takes no storage options; got {sorted(storage_options)}")
-    return LocalBackend(location.split("://", 1)[1] if "://" in location else location)
+        raise TypeError(
+            f"local storage takes only the storage option 'private'; got {sorted(storage_options)}"
+        )
+    if not isinstance(private, bool):
+        raise TypeError(f"the storage option 'private' is true or false, not {private!r}")
+    path = location.split("://", 1)[1] if "://" in location else location
+    return LocalBackend(path, private=private)

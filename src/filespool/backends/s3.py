@@ -11,10 +11,12 @@ option `claim_method`. See `docs/s3.md`.
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -35,6 +37,10 @@ from botocore.exceptions import (
     EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ProfileNotFound,
 )
 from s3fs import S3FileSystem
 
@@ -80,6 +86,20 @@ _CREDENTIAL_CODES = {
 
 # Options that configure the botocore session itself: a store given one builds its own.
 _SESSION_OPTIONS = {"session", "profile", "session_vars", "event_hooks"}
+# What s3fs takes (its own parameters, and what it passes to the botocore session); an
+# unknown name would surface as a confusing error deep inside the session.
+_STORAGE_OPTIONS = frozenset(
+    (set(inspect.signature(S3FileSystem.__init__).parameters) - {"self", "kwargs", "loop"})
+    | _SESSION_OPTIONS
+    | {"use_listings_cache", "listings_expiry_time", "max_paths"}
+)
+_TEXT_OPTIONS = ("endpoint_url", "key", "secret", "token", "username", "password", "profile")
+_MAPPING_OPTIONS = ("client_kwargs", "config_kwargs", "s3_additional_kwargs")
+_FILESTORE_SETTINGS = ("durable", "max_attempts", "dedup_window")
+# botocore's own rule (it also takes legacy names with capitals and underscores).
+_BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+# Setup mistakes (a bad option, profile or credential): one clear error, not a traceback.
+_SETUP_ERRORS = (ParamValidationError, PartialCredentialsError, ProfileNotFound, NoRegionError)
 _sessions: dict[int, AioSession] = {}
 
 
@@ -188,6 +208,12 @@ class S3Backend(Backend):
     ) -> None:
         if not bucket:
             raise ValueError("an S3 store needs a bucket, as in s3://bucket/prefix")
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise ValueError(
+                f"{bucket!r} is not an S3 bucket name (letters, digits, '.', '-', '_'; "
+                "lowercase on AWS)"
+            )
+        _check_storage_options(storage_options)
         if claim_method not in CLAIM_METHODS:
             raise ValueError(
                 f"claim_method must be one of {', '.join(CLAIM_METHODS)}, not {claim_method!r}"
@@ -256,8 +282,11 @@ class S3Backend(Backend):
                     **options.get("config_kwargs", {}),
                     "http_session_cls": _NoResendSession,
                 }
-                fs = S3FileSystem(**options)
-                _check_conditions_supported(fs.s3)
+                try:
+                    fs = S3FileSystem(**options)
+                    _check_conditions_supported(fs.s3)
+                except _SETUP_ERRORS as error:
+                    raise S3StorageError(f"cannot set up S3 for {self.url}: {error}") from None
                 fs.s3.meta.events.register_first("needs-retry.s3", _no_blind_retry)
                 self._fs, self._fs_pid = fs, os.getpid()
             return self._fs
@@ -789,12 +818,20 @@ class S3Backend(Backend):
         """Call the raw client (which validates every parameter) on this bucket."""
         return self._sync(getattr(self.client, operation), Bucket=self.bucket, **params)
 
+    def _endpoint(self) -> str:
+        """The endpoint the client talks to (an option, or the environment's), for messages."""
+        with suppress(Exception):
+            return str(self.client.meta.endpoint_url)
+        return str(self.storage_options.get("endpoint_url") or "the default AWS endpoint")
+
     def _sync(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a client coroutine; failures of the setup (not of one file) become clear errors."""
-        endpoint = self.storage_options.get("endpoint_url") or "the default AWS endpoint"
         try:
             return fsspec.asyn.sync(self.fs.loop, function, *args, **kwargs)
+        except _SETUP_ERRORS as error:
+            raise S3StorageError(f"S3 at {self._endpoint()} for {self.url}: {error}") from None
         except ClientError as error:
+            endpoint = self._endpoint()
             code = error.response.get("Error", {}).get("Code")
             if code == "NoSuchBucket":
                 raise S3BucketMissing(
@@ -812,7 +849,7 @@ class S3Backend(Backend):
             raise S3RequestFailed(error) from error
         except EndpointConnectionError as error:
             raise S3EndpointUnreachable(
-                f"cannot connect to the S3 endpoint {endpoint} for {self.url}: {error}"
+                f"cannot connect to the S3 endpoint {self._endpoint()} for {self.url}: {error}"
             ) from error
         except NoCredentialsError as error:
             raise S3AccessDenied(
@@ -845,6 +882,33 @@ class _UploadOnClose(io.BytesIO):
 def _fresh_metadata() -> dict[str, str]:
     """User metadata for a new write: a unique token."""
     return {_TOKEN: uuid.uuid4().hex}
+
+
+def _check_storage_options(options: dict[str, Any]) -> None:
+    """Refuse, with a clear message, an option s3fs does not take or a value of a wrong type."""
+    for name, value in options.items():
+        if name in _FILESTORE_SETTINGS:
+            raise TypeError(f"{name!r} is a setting of the store, not an S3 storage option")
+        if name not in _STORAGE_OPTIONS:
+            raise TypeError(
+                f"unknown S3 storage option {name!r}; s3fs takes: "
+                f"{', '.join(sorted(_STORAGE_OPTIONS))}, and filespool claim_method, "
+                "part_size, max_copy_size"
+            )
+        if name in _TEXT_OPTIONS and value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"the S3 storage option {name!r} must be a string, not {value!r} (on the "
+                f"command line, quote it as JSON: -o '{name}=\"{value}\"')"
+            )
+        if name in _MAPPING_OPTIONS and not isinstance(value, dict):
+            raise TypeError(
+                f"the S3 storage option {name!r} must be a mapping (on the command line, a "
+                f'JSON object such as -o \'{name}={{"region_name": "eu-west-1"}}\'), '
+                f"not {value!r}"
+            )
+    endpoint = options.get("endpoint_url")
+    if endpoint is not None and not re.match(r"https?://[^/]", endpoint):
+        raise ValueError(f"endpoint_url {endpoint!r} is not an http:// or https:// URL")
 
 
 def _check_conditions_supported(client: Any) -> None:
