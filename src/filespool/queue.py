@@ -121,12 +121,14 @@ class Claim(str):
         self.queue.ack(self)
         self.finished = True
 
-    def release(self) -> str:
+    def release(self, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give the file back to `new/` for another try; returns where it went.
 
-        Counts an attempt: after the store's `max_attempts` it goes to `failed/`.
+        Counts an attempt (unless `attempt=False`: the work was stopped, not tried):
+        after the store's `max_attempts` it goes to `failed/`. `reason` (why this try
+        failed, e.g. `exit status 3`) is recorded, and kept when the file is dead-lettered.
         """
-        folder = self.queue.release(self)
+        folder = self.queue.release(self, reason, attempt=attempt)
         self.finished = True
         return folder
 
@@ -322,28 +324,30 @@ class Queue:
             raise _lease_lost(claim) from None
         claim.file_name = successor
 
-    def release(self, claim: Claim) -> str:
+    def release(self, claim: Claim, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give the claimed file back to `new/` (or `failed/` at `max_attempts`)."""
         # Renewed first, so that the record is written only by the claim that holds the
         # file: a late worker's release changes nothing.
         self.extend(claim)
-        return self._give_back(claim, "released")
+        return self._give_back(claim, reason, attempt=attempt)
 
     def fail(self, claim: Claim, reason: str) -> None:
         """Dead-letter the claimed file with `reason`."""
         self.extend(claim)  # as in release: only the holder writes the record
         self._dead_letter(claim, Record(self.record(claim.name).attempts + 1, reason))
 
-    def _give_back(self, claim: Claim, why: str) -> str:
+    def _give_back(self, claim: Claim, reason: str | None, *, attempt: bool = True) -> str:
         """Count an attempt and move a claim just renewed (or taken over) onwards."""
         record = self.record(claim.name)
-        attempts = record.attempts + 1
-        if self.max_attempts is not None and attempts >= self.max_attempts:
-            self._dead_letter(claim, Record(attempts, f"gave up after {attempts} attempts ({why})"))
+        attempts = record.attempts + (1 if attempt else 0)
+        if attempt and self.max_attempts is not None and attempts >= self.max_attempts:
+            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            why = f"gave up after {tries} ({reason or 'released'})"
+            self._dead_letter(claim, Record(attempts, why))
             return "failed"
         # Counted before the move: a worker that dies between the two over-counts by one,
         # which errs towards dead-lettering rather than retrying forever.
-        self._remember(claim.name, Record(attempts, record.reason))
+        self._remember(claim.name, Record(attempts, reason or record.reason))
         try:
             self.backend.move("cur", claim.file_name, "new", _successor(claim.file_name))
         except (NotFound, AlreadyExists):
@@ -351,10 +355,21 @@ class Queue:
         return "new"
 
     def _dead_letter(self, claim: Claim, record: Record) -> None:
-        self._remember(claim.name, record)
+        # The generation is kept, so that a requeued message gets a later one: a late
+        # worker of an earlier claim must never find its own file name again.
+        self._remember(claim.name, record, generation=split_file_name(claim.file_name)[1])
         self._make_folder("failed")
         with self.holding(claim):
             self.backend.move("cur", claim.file_name, "failed", claim.name)
+
+    def requeue(self, name: str) -> str:
+        """Move a dead-lettered message back to `new/`, its attempts reset; return its
+        file name there (the generation after the last one it had)."""
+        generation = int(self._read_json(RECORDS, name).get("generation", 0))
+        requeued = file_name(name, generation + 1)
+        self.backend.move("failed", name, "new", requeued)
+        self._forget(name)
+        return requeued
 
     # -- the deduplication window ------------------------------------------------------
 
@@ -405,8 +420,11 @@ class Queue:
         fields = self._read_json(RECORDS, message)
         return Record(int(fields.get("attempts", 0)), fields.get("reason"))
 
-    def _remember(self, message: str, record: Record) -> None:
-        self._write_json(RECORDS, message, {"attempts": record.attempts, "reason": record.reason})
+    def _remember(self, message: str, record: Record, *, generation: int | None = None) -> None:
+        fields: dict[str, Any] = {"attempts": record.attempts, "reason": record.reason}
+        if generation is not None:
+            fields["generation"] = generation
+        self._write_json(RECORDS, message, fields)
 
     def _read_json(self, folder: str, message: str) -> dict[str, Any]:
         """A small JSON file of the queue's own (a record, a mark); empty if there is none."""

@@ -128,7 +128,8 @@ class FileStore:
         """
         _check_mode(mode, ("w", "wb"))
         bare = self._bare_name(name, STAGING_FOLDER)
-        return _as_mode(self.backend.create(STAGING_FOLDER, bare), mode)
+        file = self.backend.create(STAGING_FOLDER, bare)
+        return _as_mode(file, mode, f"{self.backend.folder_path(STAGING_FOLDER)}/{bare}")
 
     def list(self, folder: str) -> list[str]:
         """Sorted full path names of the files in `folder`.
@@ -176,7 +177,9 @@ class FileStore:
     def open(self, name: Name, folder: str, mode: str = "r") -> TextIO | BinaryIO:
         """Open a file for reading (`"r"`: UTF-8 text, `"rb"`: bytes)."""
         _check_mode(mode, ("r", "rb"))
-        return _as_mode(self.backend.open(folder, self._bare_name(name, folder)), mode)
+        bare = self._bare_name(name, folder)
+        file = self.backend.open(folder, bare)
+        return _as_mode(file, mode, f"{self.backend.folder_path(folder)}/{bare}")
 
     def exists(self, name: Name, folder: str) -> bool:
         """Whether `folder` has a file of that name."""
@@ -243,12 +246,19 @@ class FileStore:
         """
         self._claim_of(name).ack()
 
-    def release(self, name: Name) -> str:
+    def release(self, name: Name, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give a claimed file back to `new/`; return the folder it went to.
 
-        Counts an attempt; the `max_attempts`-th goes to `failed/` instead.
+        Counts an attempt (unless `attempt=False`); the `max_attempts`-th goes to
+        `failed/` instead. `reason` says why this try failed (see `Claim.release`).
         """
-        return self._claim_of(name).release()
+        return self._claim_of(name).release(reason, attempt=attempt)
+
+    def requeue(self, name: str) -> str:
+        """Move a dead-lettered message from `failed/` back to `new/` with its attempts
+        reset; return its file name in `new/`. Raises `NotFound` if it is not in `failed/`.
+        """
+        return self._queue.requeue(validate_name(name))
 
     def fail(self, name: Name, reason: str) -> None:
         """Dead-letter a claimed file: move it to `failed/`, keeping `reason`.
@@ -346,8 +356,33 @@ def _check_mode(mode: object, allowed: tuple[str, ...]) -> None:
         raise InvalidMode(f"mode {mode!r} is not supported here; use one of {', '.join(allowed)}")
 
 
-def _as_mode(file: BinaryIO, mode: str) -> TextIO | BinaryIO:
-    return file if "b" in mode else io.TextIOWrapper(file, encoding="utf-8")
+def _as_mode(file: BinaryIO, mode: str, path: str) -> TextIO | BinaryIO:
+    """The file in `mode`, with `name` (its full path) and `mode` as `open()` gives them."""
+    if "b" not in mode:
+        return _TextFile(file, path, mode)
+    for attribute, value in (("name", path), ("mode", mode)):
+        if not hasattr(file, attribute):
+            setattr(file, attribute, value)  # a backend's in-memory file: it can take them
+    return file
+
+
+class _TextFile(io.TextIOWrapper):
+    """A UTF-8 text file of the store, with `name` and `mode` as `open()`'s has them."""
+
+    def __init__(self, buffer: BinaryIO, path: str, mode: str) -> None:
+        super().__init__(buffer, encoding="utf-8")
+        self._path = path
+        self._mode = mode
+
+    @property
+    def name(self) -> str:
+        """The file's full path, as `list()` gives it."""
+        return self._path
+
+    @property
+    def mode(self) -> str:
+        """The mode it was opened in: `"w"` or `"r"`."""
+        return self._mode
 
 
 def _as_bytes(data: object) -> bytes:

@@ -21,7 +21,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from filespool.errors import LeaseLost
+from filespool.demo import ExactlyOnce
+from filespool.errors import LeaseLost, NotFound
 from filespool.names import split_file_name
 from filespool.queue import Claim, Record, Recovery
 from filespool.store import FOLDERS, FileStore
@@ -161,6 +162,40 @@ class QueueContract(StoreContract):
             timer.cancel()
         assert prepared.claim(wait=0.05) is None
 
+    def test_a_release_records_why_and_may_not_count(self, prepared: FileStore) -> None:
+        """`release(reason)` records why the try failed, and the dead letter keeps the last
+        reason; `release(attempt=False)` gives the file back without counting a try."""
+        prepared.max_attempts = 2
+        name = prepared.deliver(b"x")
+        prepared.claim().release(attempt=False)  # type: ignore[union-attr]
+        assert prepared.record(name) == Record()
+        assert prepared.claim().release("exit status 3") == "new"  # type: ignore[union-attr]
+        assert prepared.record(name) == Record(1, "exit status 3")
+        assert prepared.claim().release("killed by SIGSEGV") == "failed"  # type: ignore[union-attr]
+        assert prepared.record(name) == Record(2, "gave up after 2 attempts (killed by SIGSEGV)")
+
+    def test_a_requeued_message_starts_afresh_and_stays_fenced(self, prepared: FileStore) -> None:
+        """`requeue` moves a dead letter back to `new/` with no attempts counted, under a
+        later generation: a late worker of an earlier claim can do nothing to the next."""
+        name = prepared.deliver(b"x")
+        late = prepared.claim()
+        assert late is not None
+        prepared.recover(older_than=0)
+        prepared.claim().fail("bad input")  # type: ignore[union-attr]
+        requeued = prepared.requeue(name)
+        assert prepared.names("new") == [requeued]
+        assert split_file_name(requeued)[1] > 0
+        assert prepared.record(name) == Record()
+        again = prepared.claim()
+        assert again == name
+        for step in (late.ack, late.release, late.extend):
+            with pytest.raises(LeaseLost):
+                step()
+        again.ack()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+        with pytest.raises(NotFound):
+            prepared.requeue(name)
+
     def test_recover_returns_only_expired_claims(self, prepared: FileStore) -> None:
         """`recover()` gives back only claims older than its lease."""
         name = prepared.deliver(b"x")
@@ -251,7 +286,7 @@ class QueueContract(StoreContract):
 
         results = race([partial(drain, h) for h in handles])
         claimed = [name for result in results for name in result]  # type: ignore[attr-defined]
-        assert Counter(claimed) == Counter(names)
+        assert ExactlyOnce(list(names), claimed).problem() is None
         assert set(prepared.names("cur")) == names
 
     def test_a_late_worker_can_do_nothing_to_a_later_claim(self, prepared: FileStore) -> None:
@@ -401,7 +436,7 @@ class QueueContract(StoreContract):
         self.require("shared_by_processes")
         names = {prepared.deliver(b"x") for _ in range(400)}
         claimed = claim_in_processes(prepared, processes=4)
-        assert Counter(claimed) == Counter(names)
+        assert ExactlyOnce(list(names), claimed).problem() is None
 
 
 class QueueMachine(RuleBasedStateMachine):
