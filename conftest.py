@@ -38,9 +38,12 @@ def _run_shell(example: Example) -> str | None:
 def _enter_directory(namespace: dict[str, Any]) -> None:
     namespace["_directory"] = tempfile.TemporaryDirectory(prefix="filespool-docs-")
     namespace["directory"] = namespace["_directory"].name
+    # The examples' own mkdtemp() calls land in it too, and go with it.
+    namespace["_tempdir"], tempfile.tempdir = tempfile.tempdir, namespace["directory"]
 
 
 def _leave_directory(namespace: dict[str, Any]) -> None:
+    tempfile.tempdir = namespace["_tempdir"]
     namespace["_directory"].cleanup()
 
 
@@ -53,5 +56,10 @@ pytest_collect_file = (
         setup=_enter_directory,
         teardown=_leave_directory,
     )
-    + Sybil(parsers=[_python], filenames=["README.md"])
+    + Sybil(
+        parsers=[_python],
+        filenames=["README.md"],
+        setup=_enter_directory,
+        teardown=_leave_directory,
+    )
 ).pytest()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from filespool.demo import ExactlyOnce
+
 MESSAGE_SIZE = 1024
 PHASES = ("deliver", "claim", "round trip")
 
@@ -33,15 +35,8 @@ def message_index(data: bytes) -> int:
 
 def check_exactly_once(claimed: Sequence[bytes], count: int) -> str | None:
     """None if ``claimed`` holds each of the ``count`` payloads exactly once, else what is wrong."""
-    if len(claimed) != count:
-        return f"{len(claimed)} claims for {count} messages"
-    seen = bytearray(count)
-    for data in claimed:
-        index = message_index(data)
-        if seen[index]:
-            return f"message {index} claimed twice"
-        seen[index] = 1
-    return None
+    delivered = [str(index) for index in range(count)]
+    return ExactlyOnce(delivered, [str(message_index(data)) for data in claimed]).problem()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -10,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -17,6 +17,8 @@ import pytest
 
 from filespool import FileStore, LeaseLost
 from filespool.work import _input_for
+from s3_launch import moto_server
+from s3_servers import new_bucket
 
 FILESPOOL = [sys.executable, "-m", "filespool"]
 
@@ -152,6 +154,7 @@ def test_work_json_lines(spool: str, tmp_path: Path) -> None:
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
     files = [event for event in events if event["event"] == "file"]
     assert {event["name"] for event in files} == names
+    assert {event["reason"] for event in files} == {None, "exit status 3"}
     assert sorted(event["status"] for event in files) == ["acked", "failed"]
     assert events[-1]["event"] == "summary"
     assert (events[-1]["acked"], events[-1]["failed"]) == (1, 1)
@@ -219,25 +222,29 @@ def test_sigterm_lets_running_commands_finish(spool: str, tmp_path: Path) -> Non
     worker, store, log = _start_slow_work(spool, tmp_path, files=6)
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
-    assert worker.returncode == 0
+    assert worker.returncode == 128 + signal.SIGTERM  # stopped by a signal: 143, not 0
     assert len(log.read_text().split()) == 2  # only the two running when the signal came
     assert store.names("cur") == []
     assert len(store.names("new")) == 4  # untouched: nothing lost
-    assert "acked 2, retried 0, failed 0" in worker.stderr.read().decode()  # type: ignore[union-attr]
+    stderr = worker.stderr.read().decode()  # type: ignore[union-attr]
+    assert "stopping: taking no new files, letting 2 running command(s) finish" in stderr
+    assert "acked 2, retried 0, failed 0" in stderr
 
 
 def test_a_second_sigterm_aborts_and_gives_files_back(spool: str, tmp_path: Path) -> None:
     worker, store, _ = _start_slow_work(spool, tmp_path, files=6)
-    # Two signals sent at once may arrive as one: signal until the abort ends the command.
-    deadline = time.monotonic() + 60
-    while worker.poll() is None:
-        assert time.monotonic() < deadline, "the second SIGTERM did not abort"
-        worker.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(timeout=0.1)
+    # Two signals sent at once may arrive as one: the second goes once the first is heard.
+    worker.send_signal(signal.SIGTERM)
+    assert worker.stderr is not None
+    assert worker.stderr.readline().startswith(b"stopping: taking no new files")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    assert worker.returncode == 128 + signal.SIGTERM
     assert store.names("cur") == []
     assert len(store.names("new")) == 6  # the two aborted ones are back: nothing lost
-    assert {store.record(name).attempts for name in store.names("new")} <= {0, 1}
+    # An abort is no failed try: it must not push files towards dead-lettering.
+    assert {store.record(name).attempts for name in store.names("new")} == {0}
+    assert "stopped 2" in worker.stderr.read().decode()  # type: ignore[union-attr]
 
 
 def test_progress_on_a_terminal(spool: str, tmp_path: Path) -> None:
@@ -247,9 +254,10 @@ def test_progress_on_a_terminal(spool: str, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
     command = work(spool, "--once", "--jobs", "2")
     child = pexpect.spawn(
-        command[0], command[1:], env=dict(os.environ, LOG=str(log), COLUMNS="120"), timeout=60
+        command[0], command[1:], env=dict(os.environ, LOG=str(log), COLUMNS="80"), timeout=60
     )
     child.expect("working")
+    child.expect(r"5/5")  # the total is not cut at 80 columns
     child.expect(r"acked 5, retried 0, failed 0")
     child.expect(pexpect.EOF)
     child.close()
@@ -259,9 +267,16 @@ def test_progress_on_a_terminal(spool: str, tmp_path: Path) -> None:
 def test_help_reads_well() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ["init", "put", "ls", "cat", "stats", "recover", "cleanup", "work", "demo"]:
+    commands = ["init", "put", "ls", "cat", "stats", "recover", "cleanup", "failed", "requeue"]
+    for command in [*commands, "work", "demo"]:
         assert command in result.stdout.decode()
     assert b"-- COMMAND [ARGS...]" in run("work", "--help").stdout
+    assert run("--version").stdout.decode().startswith("filespool ")
+    recover = run("recover", "--help").stdout.decode()
+    assert "the lease: a claim not renewed" in recover
+    assert "tries before failed/" in recover
+    assert "as `ls` shows it" in run("cat", "--help").stdout.decode()
+    assert "durable=false" in run("put", "--help").stdout.decode()
 
 
 @pytest.mark.parametrize(
@@ -276,6 +291,19 @@ def test_help_reads_well() -> None:
         ("ls", "{spool}", "--option", "anon=true"),
         ("recover", "{spool}", "--older-than", "soon"),
         ("demo", "--messages", "zero"),
+        ("work", "{spool}", "--lease", "0", "--", "true"),
+        ("work", "{spool}", "--lease", "0.5", "--", "true"),
+        ("work", "{spool}", "--lease", "31d", "--", "true"),
+        ("work", "{spool}", "--timeout", "0", "--", "true"),
+        ("work", "{spool}", "--json", "--output", "inherit", "--", "true"),
+        ("recover", "{spool}", "--older-than", "1h", "-o", "max_attempts=2"),
+        ("init", ""),
+        ("init", "memory://jobs"),
+        ("put", "memory://jobs", "-"),
+        ("ls", "memory://jobs"),
+        ("requeue", "{spool}"),
+        ("requeue", "{spool}", "nosuch"),
+        ("put", "{spool}", "-", "-"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_status_2(
@@ -287,3 +315,238 @@ def test_bad_input_is_one_clear_line_and_status_2(
     assert b"Traceback" not in result.stderr
     last = result.stderr.decode().strip().splitlines()[-1]
     assert last.startswith(("filespool: ", "filespool ")), last
+
+
+def _one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 2, result.stdout
+    assert b"Traceback" not in result.stderr
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_memory_runs_the_demo_in_threads_and_is_refused_elsewhere() -> None:
+    result = run("demo", "--url", "memory://jobs", "--messages", "200", "--consumers", "3")
+    assert result.returncode == 0, result.stderr
+    assert "consumer threads" in result.stdout.decode()
+    assert "exactly once: yes" in result.stdout.decode()
+    assert b"Traceback" not in result.stderr
+    line = _one_line_error(run("init", "memory://jobs"))
+    assert "lives inside one process" in line
+
+
+def test_an_empty_location_makes_no_spool(tmp_path: Path) -> None:
+    """An unset $SPOOL must not turn the working directory into a spool."""
+    result = subprocess.run([*FILESPOOL, "init", ""], cwd=tmp_path, capture_output=True, timeout=60)
+    assert "the location is empty" in _one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_messages_say_what_to_do(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    assert f"run `filespool init {missing}` first" in _one_line_error(run("ls", missing))
+    (tmp_path / "f.txt").write_text("x")
+    line = _one_line_error(run("ls", str(tmp_path / "f.txt")))
+    assert "f.txt is a file, not a directory" in line
+    spool = str(tmp_path / "spool")
+    run("init", spool)
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")  # not executable
+    assert "is not executable" in _one_line_error(run("work", spool, "--", str(script)))
+
+
+def test_put_checks_every_input_before_delivering_any(spool: str, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    line = _one_line_error(run("put", spool, str(tmp_path / "a.txt"), str(tmp_path / "no.txt")))
+    assert "no.txt" in line
+    assert FileStore(spool).names("new") == []  # a.txt was not delivered either
+
+
+def test_put_lines_delivers_one_message_per_line(spool: str) -> None:
+    result = run("put", spool, "--lines", stdin=b"one\ntwo\n\nthree\n")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.decode().split()
+    store = FileStore(spool)
+    assert [store.read(name, "new") for name in names] == [b"one", b"two", b"", b"three"]
+
+
+def test_ls_null_separates_paths(spool: str) -> None:
+    store = FileStore(spool)
+    names = sorted(store.deliver(b"x") for _ in range(3))
+    out = run("ls", spool, "-0").stdout.decode()
+    assert out == "".join(f"{spool}/new/{name}\0" for name in names)
+
+
+def test_init_private_keeps_the_spool_to_its_owner(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    assert run("init", str(spool), "--private").returncode == 0
+    assert run("put", str(spool), "-o", "private=true", "-", stdin=b"x").returncode == 0
+    assert {p.stat().st_mode & 0o777 for p in [spool, *spool.iterdir()]} == {0o700}
+    assert {p.stat().st_mode & 0o777 for p in (spool / "new").iterdir()} == {0o600}
+
+
+def test_dead_letters_are_listed_with_their_reason_and_requeued(spool: str, tmp_path: Path) -> None:
+    store = FileStore(spool)
+    crashed, failed = store.deliver("crash"), store.deliver("fail")
+    log = tmp_path / "runs.log"
+    result = subprocess.run(
+        work(spool, "--once", "--max-attempts", "2"),
+        env=dict(os.environ, LOG=str(log)),
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    rows = [line.split("\t") for line in run("failed", spool).stdout.decode().splitlines()]
+    assert sorted(rows) == sorted(
+        [
+            [crashed, "2", "gave up after 2 attempts (killed by SIGKILL)"],
+            [failed, "2", "gave up after 2 attempts (exit status 3)"],
+        ]
+    )
+    assert json.loads(run("failed", spool, "--json").stdout.splitlines()[0])["attempts"] == 2
+    assert run("requeue", spool, crashed).stdout.decode() == f"requeued {crashed}\n"
+    assert run("requeue", spool, "--all").stdout.decode() == f"requeued {failed}\n"
+    assert store.names("failed") == []
+    assert sorted(name.split(":")[0] for name in store.names("new")) == sorted([crashed, failed])
+    assert {store.record(name).attempts for name in (crashed, failed)} == {0}
+
+
+def test_a_command_that_runs_too_long_is_killed_and_counted(spool: str) -> None:
+    store = FileStore(spool)
+    name = store.deliver(b"x")
+    result = run(
+        "work", spool, "--once", "--timeout", "0.5", "--max-attempts", "1", "--", "sleep", "60"
+    )
+    assert result.returncode == 1, result.stderr
+    assert store.names("failed") == [name]
+    assert store.record(name).reason == "gave up after 1 attempt (timed out after 0.5 s)"
+
+
+def test_json_output_stays_clean_of_the_commands_output(spool: str) -> None:
+    """`work --json | jq` must work: commands' output goes to standard error."""
+    store = FileStore(spool)
+    names = {store.deliver(b"x") for _ in range(3)}
+    result = run("work", spool, "--once", "--json", "-j", "2", "--", "echo", "processed", "{}")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert {event["name"] for event in events if event["event"] == "file"} == names
+    assert result.stderr.decode().count("processed ") == 3
+
+
+def test_grouped_output_keeps_each_jobs_lines_together(spool: str) -> None:
+    store = FileStore(spool)
+    for _ in range(6):
+        store.deliver(b"x")
+    job = 'for i in 1 2 3; do echo "$FILESPOOL_NAME $i"; sleep 0.05; done'
+    result = run("work", spool, "--once", "-q", "-j", "3", "--", "sh", "-c", job)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 18
+    for start in range(0, 18, 3):  # each job's three lines in a row, not interleaved
+        group = [line.split() for line in lines[start : start + 3]]
+        assert {name for name, _ in group} == {group[0][0]}
+        assert [number for _, number in group] == ["1", "2", "3"]
+    discarded = run("work", spool, "--once", "-q", "--output", "discard", "--", "echo", "x")
+    assert discarded.stdout == b""
+
+
+def test_a_killed_worker_takes_its_commands_with_it(spool: str, tmp_path: Path) -> None:
+    FileStore(spool).deliver(b"x")
+    pid_file = tmp_path / "pid"
+    worker = subprocess.Popen(
+        [*FILESPOOL, "work", spool, "--", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    command = int(pid_file.read_text())
+    worker.kill()  # SIGKILL: no handler runs
+    worker.wait()
+    while _alive(command):
+        assert time.monotonic() < deadline, "the command outlived its worker"
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie has died
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (("ls", "s3://Bad_Bucket!/x"), "is not an S3 bucket name"),
+        (("ls", "s3://bucket/x", "-o", "profile=nosuch"), "nosuch"),
+        (("ls", "s3://bucket/x", "-o", "key=abc"), "secret"),
+        (("ls", "s3://bucket/x", "-o", "client_kwargs={bad"), "must be a mapping"),
+        (("ls", "s3://bucket/x", "-o", "endpoint_url=ftp://127.0.0.1:5055"), "not an http"),
+        (("ls", "s3://bucket/x", "-o", "endpoint_url=5"), "must be a string"),
+        (("ls", "s3://bucket/x", "-o", "key=123", "-o", "secret=x"), "quote it as JSON"),
+        (("recover", "s3://b/x", "--older-than", "1h", "-o", "max_attempts=2"), "--max-attempts"),
+        (("ls", "s3://bucket/x", "-o", "frobnicate=1"), "unknown S3 storage option"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value[2:]) or value[1],
+)
+def test_s3_option_mistakes_are_one_line_and_status_2(
+    arguments: tuple[str, ...], says: str, tmp_path: Path
+) -> None:
+    environment = dict(os.environ, HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    environment.pop("AWS_PROFILE", None)
+    result = subprocess.run(
+        [*FILESPOOL, *arguments], capture_output=True, timeout=120, env=environment
+    )
+    assert says in _one_line_error(result)
+
+
+def test_errors_name_the_endpoint_in_use(moto: str) -> None:
+    """The endpoint may come from the environment (FSSPEC_S3_ENDPOINT_URL), not an option."""
+    environment = dict(os.environ, FSSPEC_S3_ENDPOINT_URL=moto, **S3_CREDENTIALS)
+    result = subprocess.run(
+        [*FILESPOOL, "ls", "s3://no-such-bucket-here/x"],
+        capture_output=True,
+        timeout=120,
+        env=environment,
+    )
+    line = _one_line_error(result)
+    assert "does not exist at" in line
+    assert moto in line
+    assert "default AWS endpoint" not in line
+
+
+def test_remote_copies_leave_nothing_behind_even_after_sigkill(moto: str, tmp_path: Path) -> None:
+    bucket = new_bucket(moto)
+    url = f"s3://{bucket}/spool"
+    options = ["-o", f"endpoint_url={moto}", "-o", "key=test", "-o", "secret=test"]
+    assert run("init", url, *options).returncode == 0
+    run("put", url, *options, "-", stdin=b"payload")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    worker = subprocess.Popen(
+        [*FILESPOOL, "work", url, *options, "--", "sh", "-c", f"cat {{}} > {out}; sleep 60"],
+        env=dict(os.environ, TMPDIR=str(scratch)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists() or out.read_bytes() != b"payload":
+        assert time.monotonic() < deadline, "the command never read its copy"
+        time.sleep(0.02)
+    worker.kill()
+    worker.wait()
+    assert list(scratch.iterdir()) == []  # the copy had no name to leave behind

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import os
 import re
 import shutil
 import signal
 import sys
 import tempfile
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TextIO
+from contextlib import ExitStack, contextmanager
+from importlib.metadata import version
+from typing import Any, BinaryIO
 
-from filespool.errors import FileStoreError
+from filespool.demo import run_demo
+from filespool.errors import FileStoreError, NotPrepared
+from filespool.reporting import JsonReporter, LineReporter, ProgressReporter, Reporter
 from filespool.store import FOLDERS, MAILDIR_TMP_AGE, FileStore
-from filespool.work import Outcome, Tally, WorkPool
+from filespool.work import OUTPUTS, WorkPool
 
-_EPILOG = "A URL is a local path, file:///path, memory://name or s3://bucket/prefix."
+_EPILOG = "A URL is a local path, file:///path, or s3://bucket/prefix (memory:// for the demo)."
+_MIN_LEASE, _MAX_LEASE = 1.0, 30 * 86400.0
+_SETTINGS = {"max_attempts": "--max-attempts"}  # FileStore settings the commands set
 
 
 class UsageError(Exception):
@@ -34,13 +35,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     split = argv.index("--") if "--" in argv else len(argv)
-    arguments = parser.parse_args(argv[:split])
+    arguments, extra = parser.parse_known_args(argv[:split])
+    if arguments.run is _put and extra and not any(e.startswith("-") and e != "-" for e in extra):
+        arguments.files += extra  # files after an option: argparse leaves them over
+    elif extra:
+        parser.parse_args(argv[:split])  # says what is wrong, and exits 2
     if arguments.run is _work:
         arguments.command = argv[split + 1 :]  # everything after the first "--", options and all
     elif split < len(argv):
         arguments = parser.parse_args(argv)
     try:
         status: int = arguments.run(arguments)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other filters do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except NotPrepared as error:
+        url = getattr(arguments, "url", None)
+        advice = f"run `filespool init {url}` first" if url else "run `filespool init URL` first"
+        print(f"filespool: {str(error).replace('call prepare() first', advice)}", file=sys.stderr)
+        return 2
     except (FileStoreError, UsageError, ValueError, TypeError, OSError) as error:
         print(f"filespool: {error}", file=sys.stderr)
         return 2
@@ -55,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Maildir-style spools: write in tmp/, publish into new/, claim into cur/.",
         epilog=_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"filespool {version('filespool')}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -66,23 +81,35 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="a storage option for the backend (JSON values are decoded); repeatable",
+            help="a storage option for the backend (JSON values are decoded), or a store "
+            "setting such as durable=false (no fsync: faster, not crash-safe); repeatable",
         )
         return sub
 
-    command("init", "create a spool: its root and tmp/, new/, cur/").set_defaults(run=_init)
+    init = command("init", "create a spool: its root and tmp/, new/, cur/")
+    init.add_argument(
+        "--private",
+        action="store_true",
+        help="local spools: files 0600 and folders 0700 whatever the umask (default: the "
+        "umask decides, usually 0644 and 0755); give -o private=true to the other commands",
+    )
+    init.set_defaults(run=_init)
 
     put = command("put", "deliver files into new/, each under a new unique name")
-    put.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for standard input")
+    put.add_argument("files", nargs="*", metavar="FILE", help="a file, or - for standard input")
+    put.add_argument(
+        "--lines", action="store_true", help="deliver each line as a message (default input: -)"
+    )
     put.set_defaults(run=_put)
 
     ls = command("ls", "list the files of a folder, oldest first")
     ls.add_argument("folder", nargs="?", default="new", choices=FOLDERS)
+    ls.add_argument("-0", "--null", action="store_true", help="end each path with NUL, not newline")
     ls.set_defaults(run=_ls)
 
     cat = command("cat", "write a file's content to standard output")
-    cat.add_argument("name")
-    cat.add_argument("folder", nargs="?", default="new", choices=FOLDERS)
+    cat.add_argument("name", help="the file's name (as `ls` shows it, without the folder)")
+    cat.add_argument("folder", nargs="?", default="new", choices=FOLDERS, help="(new)")
     cat.set_defaults(run=_cat)
 
     stats = command("stats", "count the files of each folder, and the age of the oldest")
@@ -95,8 +122,16 @@ def _parser() -> argparse.ArgumentParser:
         "Move files claimed longer ago than --older-than from cur/ back to new/ "
         "(or to failed/ after --max-attempts tries).",
     )
-    recover.add_argument("--older-than", type=_duration, required=True, metavar="AGE")
-    recover.add_argument("--max-attempts", type=_positive, default=5, metavar="N")
+    recover.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="the lease: a claim not renewed for this long is given back (0 takes every claim)",
+    )
+    recover.add_argument(
+        "--max-attempts", type=_positive, default=5, metavar="N", help="tries before failed/ (5)"
+    )
     recover.set_defaults(run=_recover)
 
     cleanup = command("cleanup", "remove files left in tmp/ by writers that died")
@@ -105,16 +140,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     cleanup.set_defaults(run=_cleanup)
 
+    failed = command("failed", "list the dead letters in failed/, with tries and last reason")
+    failed.add_argument("--json", action="store_true", help="print JSON lines")
+    failed.set_defaults(run=_failed)
+
+    requeue = command(
+        "requeue", "move dead letters from failed/ back to new/, their tries reset to 0"
+    )
+    requeue.add_argument("names", nargs="*", metavar="NAME", help="dead letters to requeue")
+    requeue.add_argument("--all", action="store_true", help="requeue every dead letter")
+    requeue.set_defaults(run=_requeue)
+
+    _work_parser(command)
+    _demo_parser(commands)
+    return parser
+
+
+def _work_parser(command: Any) -> None:
     work = command(
         "work",
         "run a command for every file, with several workers",
         "Workers claim files and run COMMAND for each. '{}' in its arguments is replaced "
-        "by the file's path (a local copy for remote spools); without '{}' the file's content "
-        "is its standard input. FILESPOOL_NAME and FILESPOOL_ATTEMPT are in its environment. "
-        "Exit status 0 acks the file; any other status (a crash too) releases it for "
-        "another try, and the --max-attempts-th try moves it to failed/. The first "
-        "SIGINT/SIGTERM stops taking files and lets running commands finish; a second "
-        "aborts them and gives their files back. Exit status: 0, or 1 if a file failed.",
+        "by the file's path (an unnamed local copy, /dev/fd/N, for remote spools); without "
+        "'{}' the file's content is its standard input. FILESPOOL_NAME and FILESPOOL_ATTEMPT "
+        "are in its environment. Exit status 0 acks the file; any other status (a crash, a "
+        "timeout) releases it for another try, and the --max-attempts-th try moves it to "
+        "failed/. The first SIGINT/SIGTERM stops taking files and lets running commands "
+        "finish; a second aborts them and gives their files back, no try counted. Every "
+        "worker of a spool must use the same --lease. Exit status: 0; 1 if a file failed; "
+        "128+N if stopped by signal N (130 for SIGINT, 143 for SIGTERM).",
     )
     work.usage = "filespool work [options] URL -- COMMAND [ARGS...]"
     work.add_argument("-j", "--jobs", type=_positive, default=1, metavar="N", help="workers (1)")
@@ -122,23 +176,44 @@ def _parser() -> argparse.ArgumentParser:
     work.add_argument("--max-attempts", type=_positive, default=5, metavar="N", help="(5)")
     work.add_argument(
         "--lease",
-        type=_duration,
+        type=_lease,
         default=600.0,
         metavar="AGE",
-        help="a claim not renewed for this long is given back (10m)",
+        help="a claim not renewed for this long is given back (10m; 1s to 30d); the same "
+        "for every worker of the spool",
     )
-    output = work.add_mutually_exclusive_group()
-    output.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    output.add_argument("--json", action="store_true", help="print JSON lines")
+    work.add_argument(
+        "--timeout",
+        type=_timeout,
+        metavar="AGE",
+        help="kill a command running this long; that counts as a failed try",
+    )
+    work.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="group",
+        help="commands' output: group (whole, when each ends; the default), inherit "
+        "(straight through), discard",
+    )
+    verbosity = work.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    verbosity.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON lines on standard output (commands' output goes to standard error)",
+    )
     work.set_defaults(run=_work, command=[])
 
+
+def _demo_parser(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="run producers and consumers on a spool and verify exactly-once claims",
         description=(
             "Producer processes deliver messages while consumer processes claim, read and "
             "ack them; at the end every delivered message must have been claimed exactly "
-            "once. Uses a fresh temporary local spool unless --url is given."
+            "once. Uses a fresh temporary local spool unless --url is given; on memory:// "
+            "producers and consumers are threads of one process."
         ),
     )
     demo.add_argument("--url", help="spool to use (default: a new temporary local directory)")
@@ -147,7 +222,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--consumers", type=_positive, default=4, help="default: %(default)s")
     demo.add_argument("--size", type=_positive, default=1024, help="bytes each (%(default)s)")
     demo.set_defaults(run=_demo)
-    return parser
 
 
 def _positive(text: str) -> int:
@@ -170,12 +244,38 @@ def _duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def _lease(text: str) -> float:
+    seconds = _duration(text)
+    if not _MIN_LEASE <= seconds <= _MAX_LEASE:
+        raise argparse.ArgumentTypeError(
+            f"a lease of {text} is not between 1s and 30d: a shorter one would take claims "
+            "from workers that are still running them"
+        )
+    return seconds
+
+
+def _timeout(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a timeout of {text} is not positive")
+    return seconds
+
+
 def _open(arguments: argparse.Namespace, **settings: Any) -> FileStore:
-    options = {}
+    """The store the arguments name, with the command's settings and the -o options."""
+    if str(arguments.url).lower().startswith("memory://"):
+        raise UsageError(
+            "a memory:// spool lives inside one process, and each filespool command is a "
+            "process of its own: use a local path or s3:// (memory:// works with "
+            "`filespool demo --url`)"
+        )
+    options: dict[str, Any] = {}
     for option in arguments.option:
         key, equals, value = option.partition("=")
         if not equals or not key:
             raise UsageError(f"--option {option!r} is not KEY=VALUE")
+        if key in settings:
+            raise UsageError(f"-o {key}=... repeats {_SETTINGS.get(key, key)}: give it once")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -184,6 +284,10 @@ def _open(arguments: argparse.Namespace, **settings: Any) -> FileStore:
 
 
 def _init(arguments: argparse.Namespace) -> int:
+    if arguments.private:
+        if "://" in arguments.url and not arguments.url.startswith("file://"):
+            raise UsageError("--private is for local spools (files and folders with modes)")
+        arguments.option.append("private=true")
     store = _open(arguments)
     store.prepare()
     print(store.url)
@@ -191,20 +295,38 @@ def _init(arguments: argparse.Namespace) -> int:
 
 
 def _put(arguments: argparse.Namespace) -> int:
+    paths = arguments.files or (["-"] if arguments.lines else [])
+    if not paths:
+        raise UsageError("put needs a FILE, or - for standard input (or --lines)")
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be given once")
     store = _open(arguments)
-    for path in arguments.files:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as file:
-                data = file.read()
-        print(store.deliver(data))
+    store.names("new")  # fail now, before anything is read, if the spool is not there
+    with ExitStack() as files:
+        # Every input opened before anything is delivered: a missing file delivers nothing.
+        inputs: list[BinaryIO] = [
+            sys.stdin.buffer if path == "-" else files.enter_context(open(path, "rb"))
+            for path in paths
+        ]
+        for file in inputs:
+            for message in _messages(file.read(), lines=arguments.lines):
+                print(store.deliver(message), flush=arguments.lines)
     return 0
 
 
+def _messages(data: bytes, *, lines: bool) -> list[bytes]:
+    if not lines:
+        return [data]
+    messages = data.split(b"\n")
+    if messages[-1] == b"":
+        messages.pop()  # the newline that ends the last line ends no message
+    return messages
+
+
 def _ls(arguments: argparse.Namespace) -> int:
+    end = "\0" if arguments.null else "\n"
     for path in _open(arguments).list(arguments.folder):
-        print(path)
+        sys.stdout.write(path + end)
     return 0
 
 
@@ -252,22 +374,42 @@ def _cleanup(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _failed(arguments: argparse.Namespace) -> int:
+    store = _open(arguments)
+    for name in store.names("failed"):
+        record = store.record(name)
+        if arguments.json:
+            print(json.dumps({"name": name, "attempts": record.attempts, "reason": record.reason}))
+        else:
+            print(f"{name}\t{record.attempts}\t{record.reason or ''}")
+    return 0
+
+
+def _requeue(arguments: argparse.Namespace) -> int:
+    if bool(arguments.names) == arguments.all:
+        raise UsageError("requeue takes NAMEs or --all (not both, not neither)")
+    store = _open(arguments)
+    dead = set(store.names("failed"))
+    names = sorted(dead) if arguments.all else arguments.names
+    missing = [name for name in names if name not in dead]
+    if missing:  # checked first: nothing is requeued if any name is wrong
+        raise UsageError(f"not in failed/: {', '.join(missing)} (see `filespool failed URL`)")
+    for name in names:
+        store.requeue(name)
+        print(f"requeued {name}")
+    return 0
+
+
 def _work(arguments: argparse.Namespace) -> int:
     command = arguments.command
     if not command:
         raise UsageError("work needs a command: filespool work URL -- COMMAND [ARGS...]")
-    if shutil.which(command[0]) is None:
-        raise UsageError(f"command not found: {command[0]!r}")
+    _check_runnable(command[0])
+    if arguments.json and arguments.output == "inherit":
+        raise UsageError("--json keeps standard output for JSON: use --output group or discard")
     store = _open(arguments, max_attempts=arguments.max_attempts)
     store.names("new")  # fail now, with one line, if the spool is not there
-    if arguments.json:
-        reporter: _Reporter = _JsonReporter(sys.stdout)
-    elif arguments.quiet:
-        reporter = _Reporter()
-    elif sys.stderr.isatty():
-        reporter = _ProgressReporter(store)
-    else:
-        reporter = _LineReporter(sys.stderr)
+    reporter = _reporter(arguments, store)
     pool = WorkPool(
         store,
         command,
@@ -275,17 +417,43 @@ def _work(arguments: argparse.Namespace) -> int:
         once=arguments.once,
         lease=arguments.lease,
         report=reporter.outcome,
+        timeout=arguments.timeout,
+        output=arguments.output,
+        emit=reporter.output,
     )
-    with _signals_stop(pool), reporter.showing(pool.tally):
+    with _signals_stop(pool, reporter), reporter.showing(pool.tally):
         tally = pool.run()
     reporter.summary(tally)
+    if pool.signal is not None:
+        return 128 + pool.signal
     return 1 if tally.failed else 0
 
 
+def _check_runnable(program: str) -> None:
+    if shutil.which(program) is not None:
+        return
+    if os.sep in program and os.path.isfile(program):
+        raise UsageError(f"{program!r} is not executable: chmod +x it, or name its interpreter")
+    raise UsageError(f"command not found: {program!r}")
+
+
+def _reporter(arguments: argparse.Namespace, store: FileStore) -> Reporter:
+    if arguments.json:
+        return JsonReporter(sys.stdout)
+    if arguments.quiet:
+        return Reporter()
+    if sys.stderr.isatty():
+        return ProgressReporter(store)
+    return LineReporter(sys.stderr)
+
+
 @contextmanager
-def _signals_stop(pool: WorkPool) -> Iterator[None]:
+def _signals_stop(pool: WorkPool, reporter: Reporter) -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
-        pool.stop()
+        first = not pool.stopping.is_set()
+        pool.stop(signum)
+        if first:
+            reporter.stopping(pool.tally.running)
 
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -295,226 +463,32 @@ def _signals_stop(pool: WorkPool) -> Iterator[None]:
             signal.signal(number, handler)
 
 
-class _Reporter:
-    """Says nothing (`--quiet`); the base of the other reporters."""
-
-    def outcome(self, outcome: Outcome) -> None:
-        """One file was finished."""
-
-    @contextmanager
-    def showing(self, tally: Tally) -> Iterator[None]:
-        """Show progress while the work runs."""
-        yield
-
-    def summary(self, tally: Tally) -> None:
-        """The work is over."""
-
-
-class _LineReporter(_Reporter):
-    """Plain log lines, for logs and pipes."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def outcome(self, outcome: Outcome) -> None:
-        detail = "" if outcome.returncode == 0 else f", exit status {outcome.returncode}"
-        print(
-            f"{outcome.status} {outcome.name} (attempt {outcome.attempt}, "
-            f"{outcome.seconds:.2f} s{detail})",
-            file=self.stream,
-            flush=True,
-        )
-
-    def summary(self, tally: Tally) -> None:
-        print(_summary_line(tally), file=self.stream, flush=True)
-
-
-class _JsonReporter(_Reporter):
-    """JSON lines: one per finished file, then a summary."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self._lock = threading.Lock()
-
-    def outcome(self, outcome: Outcome) -> None:
-        line = json.dumps({"event": "file", **outcome.__dict__})
-        with self._lock:
-            print(line, file=self.stream, flush=True)
-
-    def summary(self, tally: Tally) -> None:
-        fields = {
-            "acked": tally.acked,
-            "retried": tally.retried,
-            "failed": tally.failed,
-            "lost": tally.lost,
-        }
-        print(
-            json.dumps({"event": "summary", **fields, "seconds": tally.seconds}), file=self.stream
-        )
-
-
-class _ProgressReporter(_Reporter):
-    """A live progress display on the terminal (rich)."""
-
-    def __init__(self, store: FileStore) -> None:
-        self.store = store
-
-    @contextmanager
-    def showing(self, tally: Tally) -> Iterator[None]:
-        # Imported here: only a terminal pays for rich's import time.
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, transient=False) as progress:
-            task = progress.add_task("working", total=None, detail="")
-            stop = False
-
-            def refresh() -> None:
-                while not stop:
-                    waiting = len(self.store.names("new"))
-                    done = tally.acked + tally.failed
-                    progress.update(
-                        task,
-                        completed=done,
-                        total=done + tally.running + waiting,
-                        detail=f"running {tally.running}, retried {tally.retried}, "
-                        f"failed {tally.failed}, waiting {waiting}",
-                    )
-                    time.sleep(0.2)
-
-            updater = threading.Thread(target=refresh, daemon=True)
-            updater.start()
-            try:
-                yield
-            finally:
-                stop = True
-                updater.join()
-
-    def summary(self, tally: Tally) -> None:
-        print(_summary_line(tally), file=sys.stderr)
-
-
-def _summary_line(tally: Tally) -> str:
-    rate = (tally.acked + tally.failed) / tally.seconds if tally.seconds else 0.0
-    lost = f", lease lost {tally.lost}" if tally.lost else ""
-    return (
-        f"acked {tally.acked}, retried {tally.retried}, failed {tally.failed}{lost} "
-        f"in {tally.seconds:.1f} s ({rate:,.1f} files/s)"
-    )
-
-
-@dataclass
-class DemoResult:
-    """What a demo run did, and whether every message was claimed exactly once."""
-
-    delivered: list[str]
-    claimed: list[str]
-    seconds: float
-    left_over: int
-
-    @property
-    def duplicates(self) -> int:
-        """Claims beyond the first of a message."""
-        return sum(count - 1 for count in Counter(self.claimed).values())
-
-    @property
-    def lost(self) -> int:
-        """Delivered messages nobody claimed."""
-        return len(set(self.delivered) - set(self.claimed))
-
-    @property
-    def exactly_once(self) -> bool:
-        """Every delivered message claimed once, nothing else claimed, nothing left."""
-        return (
-            Counter(self.claimed) == Counter(self.delivered)
-            and len(set(self.delivered)) == len(self.delivered)
-            and self.left_over == 0
-        )
-
-
 def _demo(arguments: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="filespool-demo-") as directory:
         url = arguments.url or f"{directory}/spool"
         store = FileStore(url)
         store.prepare()
+        threads = store.url.startswith("memory://")
+        kind = "threads" if threads else "processes"
         print(
-            f"spool {store.url}: {arguments.producers} producers deliver {arguments.messages} "
-            f"messages of {arguments.size} bytes; {arguments.consumers} consumers claim them",
+            f"spool {store.url}: {arguments.producers} producer {kind} deliver "
+            f"{arguments.messages} messages of {arguments.size} bytes; "
+            f"{arguments.consumers} consumer {kind} claim them",
             flush=True,
         )
         result = run_demo(
-            store, arguments.messages, arguments.producers, arguments.consumers, arguments.size
+            store,
+            arguments.messages,
+            arguments.producers,
+            arguments.consumers,
+            arguments.size,
+            threads=threads,
         )
     rate = len(result.claimed) / result.seconds if result.seconds else float("inf")
     print(f"delivered:    {len(result.delivered)}")
     print(f"claimed:      {len(result.claimed)}")
     print(f"duplicates:   {result.duplicates}")
     print(f"lost:         {result.lost}")
-    print(f"exactly once: {'yes' if result.exactly_once else 'NO'}")
+    print(f"exactly once: {'yes' if result.holds else 'NO'}")
     print(f"throughput:   {rate:,.0f} messages/s ({result.seconds:.2f} s end to end)")
-    return 0 if result.exactly_once else 1
-
-
-def run_demo(
-    store: FileStore, messages: int, producers: int, consumers: int, size: int
-) -> DemoResult:
-    """Deliver `messages` with producer processes while consumer processes drain the store."""
-    context = multiprocessing.get_context("spawn")
-    results: Any = context.Queue()
-    producing: Any = context.Event()
-    shares = [messages // producers + (i < messages % producers) for i in range(producers)]
-    workers = [
-        context.Process(target=_produce, args=(store, share, size, results)) for share in shares
-    ]
-    workers += [
-        context.Process(target=_consume, args=(store, producing, results)) for _ in range(consumers)
-    ]
-    producing.set()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    delivered: list[str] = []
-    for _ in range(producers):
-        delivered.extend(results.get())
-    producing.clear()
-    claimed: list[str] = []
-    for _ in range(consumers):
-        claimed.extend(results.get())
-    seconds = time.perf_counter() - started
-    for worker in workers:
-        worker.join()
-    left_over = sum(len(store.names(folder)) for folder in FOLDERS)
-    return DemoResult(delivered, claimed, seconds, left_over)
-
-
-def _produce(store: FileStore, count: int, size: int, results: Any) -> None:
-    payload = b"m" * size
-    results.put([store.deliver(payload) for _ in range(count)])
-
-
-def _consume(store: FileStore, producing: Any, results: Any) -> None:
-    claimed: list[str] = []
-    while True:
-        # Read before claiming: nothing to claim after the producers finished means drained.
-        finished = not producing.is_set()
-        claim = store.claim(wait=None if finished else 0.05)
-        if claim is None:
-            if finished:
-                break
-            continue
-        claim.read()
-        claim.ack()
-        claimed.append(claim.name)
-    results.put(claimed)
+    return 0 if result.holds else 1

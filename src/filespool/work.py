@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import IO, Literal
 
 from filespool.backends.base import STAGING_FOLDER
 from filespool.errors import FileStoreError, LeaseLost
@@ -21,7 +25,17 @@ from filespool.store import FileStore
 PLACEHOLDER = "{}"
 """In the command's arguments, stands for the path of the claimed file."""
 
-_ABORT_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to an aborted command
+OUTPUTS = ("group", "inherit", "discard")
+"""What becomes of a command's output: collected and passed on whole when it ends (as
+GNU parallel's --group), written straight through, or thrown away."""
+
+Output = Literal["group", "inherit", "discard"]
+
+_STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to a command aborted or timed out
+_PR_SET_PDEATHSIG = 1
+
+_Input = tuple[list[str], int, tuple[int, ...]]
+"""A command's arguments, its standard input, and the descriptors it must inherit."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +43,15 @@ class Outcome:
     """What became of one run of the command on a file."""
 
     name: str
-    status: str  # "acked", "retried", "failed", or "lost" (the lease expired meanwhile)
+    status: str
+    """"acked", "retried", "failed", "lost" (the lease expired meanwhile), or "stopped"
+    (aborted by a second signal: given back without counting a try)."""
     returncode: int
     seconds: float
     attempt: int
+    reason: str | None = None
+    """Why the run failed, as recorded: `exit status 3`, `killed by SIGSEGV`, `timed out
+    after 30 s`, `aborted`."""
 
 
 @dataclass
@@ -44,6 +63,8 @@ class Tally:
     failed: int = 0
     lost: int = 0
     """Files whose lease expired while their command ran: another worker took them over."""
+    stopped: int = 0
+    """Files whose command was aborted: given back, no try counted."""
     running: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -62,7 +83,10 @@ class WorkPool:
     stores); without `{}` the file's content is the command's standard input.
     The command also finds `FILESPOOL_NAME` and `FILESPOOL_ATTEMPT` in its
     environment. Claims are renewed every third of `lease` while a command
-    runs, and expired claims (of workers that died) are recovered every half.
+    runs, and expired claims (of workers that died) are recovered every half. A
+    command running longer than `timeout` is killed, and that counts as a failed try.
+    Its output is handled as `output` says (`OUTPUTS`); grouped output goes to
+    `emit(outcome, stdout, stderr)`. On Linux a command dies with its worker.
     """
 
     def __init__(
@@ -74,6 +98,9 @@ class WorkPool:
         once: bool,
         lease: float,
         report: Callable[[Outcome], None],
+        timeout: float | None = None,
+        output: Output = "inherit",
+        emit: Callable[[Outcome, bytes, bytes], None] | None = None,
     ) -> None:
         self.store = store
         self.command = list(command)
@@ -81,6 +108,11 @@ class WorkPool:
         self.once = once
         self.lease = lease
         self.report = report
+        self.timeout = timeout
+        self.output = output
+        self.emit = emit
+        self.signal: int | None = None
+        """The signal that stopped the run, if one did."""
         self.tally = Tally()
         self.stopping = threading.Event()  # take no new files
         self.aborting = threading.Event()  # stop running commands, release their files
@@ -104,11 +136,13 @@ class WorkPool:
             raise self.error
         return self.tally
 
-    def stop(self) -> None:
+    def stop(self, signal_number: int | None = None) -> None:
         """The first call stops taking new files; the second aborts running commands."""
         if self.stopping.is_set():
             self.aborting.set()
         self.stopping.set()
+        if signal_number is not None and self.signal is None:
+            self.signal = signal_number
 
     def _work(self) -> None:
         while not self.stopping.is_set():
@@ -128,7 +162,8 @@ class WorkPool:
                 self.error = error
                 self.stopping.set()
                 with suppress(FileStoreError):
-                    self.store.release(claim)  # hand the file back untouched, then stop
+                    # Hand the file back untouched, then stop: no try was made.
+                    self.store.release(claim, "could not run the command", attempt=False)
             finally:
                 with self._lock:
                     self.tally.running -= 1
@@ -137,14 +172,19 @@ class WorkPool:
         attempt = self.store.record(claim).attempts + 1
         started = time.monotonic()
         returncode = -1  # the command never ran (its file was gone before it could start)
+        reason: str | None = None
+        streams = _Streams(self.output)
         try:
-            with _input_for(claim, self.command) as (arguments, stdin):
-                returncode = self._run(claim, arguments, stdin, attempt)
-            if returncode == 0:
+            with streams, _input_for(claim, self.command) as (arguments, stdin, kept):
+                returncode, reason = self._run(claim, arguments, stdin, kept, attempt, streams)
+            if returncode == 0 and reason is None:
                 claim.ack()
                 status = "acked"
+            elif reason == "aborted":
+                claim.release(reason, attempt=False)
+                status = "stopped"
             else:
-                status = "retried" if claim.release() == "new" else "failed"
+                status = "retried" if claim.release(reason) == "new" else "failed"
         except LeaseLost:
             # The lease expired (the command outran it, or this process stalled) and a
             # recoverer took the file back: its outcome is the next claim's to report.
@@ -152,52 +192,138 @@ class WorkPool:
         seconds = time.monotonic() - started
         with self._lock:
             setattr(self.tally, status, getattr(self.tally, status) + 1)
-        self.report(Outcome(claim.name, status, returncode, seconds, attempt))
+        outcome = Outcome(claim.name, status, returncode, seconds, attempt, reason)
+        if self.output == "group" and self.emit is not None:
+            self.emit(outcome, streams.stdout, streams.stderr)
+        self.report(outcome)
 
-    def _run(self, claim: Claim, arguments: list[str], stdin: int, attempt: int) -> int:
+    def _run(
+        self,
+        claim: Claim,
+        arguments: list[str],
+        stdin: int,
+        kept: tuple[int, ...],
+        attempt: int,
+        streams: _Streams,
+    ) -> tuple[int, str | None]:
+        """Run the command; return its exit status and why it failed (None: it did not)."""
         environment = dict(os.environ, FILESPOOL_NAME=claim.name, FILESPOOL_ATTEMPT=str(attempt))
         # A session of its own: a Ctrl-C in the terminal reaches filespool, which lets the
         # command finish, instead of killing the command at once.
-        process = subprocess.Popen(arguments, stdin=stdin, env=environment, start_new_session=True)
-        renew_at = time.monotonic() + self.lease / 3
+        process = subprocess.Popen(
+            arguments,
+            stdin=stdin,
+            stdout=streams.out,
+            stderr=streams.err,
+            env=environment,
+            start_new_session=True,
+            pass_fds=kept,
+            preexec_fn=_die_with_parent,
+        )
+        started = time.monotonic()
+        renew_at = started + self.lease / 3
         while True:
             try:
-                return process.wait(timeout=0.1)
+                returncode = process.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
+            else:
+                return returncode, None if returncode == 0 else _describe(returncode)
             if self.aborting.is_set():
-                return _abort(process)
+                return _stop(process), "aborted"
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                return _stop(process), f"timed out after {self.timeout:g} s"
             if time.monotonic() >= renew_at:
                 claim.extend()  # LeaseLost if a recoverer took the file already
                 renew_at = time.monotonic() + self.lease / 3
 
 
-def _abort(process: subprocess.Popen[bytes]) -> int:
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """Stop a command and everything it started: SIGTERM, then SIGKILL after a grace."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        return process.wait(timeout=_ABORT_GRACE)
+        return process.wait(timeout=_STOP_GRACE)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         return process.wait()
 
 
+def _describe(returncode: int) -> str:
+    """A failed run in words: `exit status 3`, or `killed by SIGSEGV`."""
+    if returncode < 0:
+        with suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl: Callable[[int, int], int] = library.prctl
+    return prctl
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the worker thread that started it dies
+    (a SIGKILLed worker takes its commands with it; Linux only). One foreign call and
+    nothing else, as code between fork and exec in a threaded process must be."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _Streams:
+    """Where a command's standard output and error go; for `group`, two spill files
+    whose content is read back (`stdout`, `stderr`) once the command has ended."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.out: IO[bytes] | int | None = None
+        self.err: IO[bytes] | int | None = None
+        self.stdout = self.stderr = b""
+
+    def __enter__(self) -> _Streams:
+        if self.output == "group":
+            self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        elif self.output == "discard":
+            self.out = self.err = subprocess.DEVNULL
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        for name, spill in (("stdout", self.out), ("stderr", self.err)):
+            if isinstance(spill, int) or spill is None:
+                continue
+            spill.seek(0)
+            setattr(self, name, spill.read())
+            spill.close()
+
+
 @contextmanager
-def _input_for(claim: Claim, command: list[str]) -> Iterator[tuple[list[str], int]]:
-    """The command's arguments and standard input (a descriptor) for a claimed file.
+def _input_for(
+    claim: Claim, command: list[str]
+) -> Iterator[tuple[list[str], int, tuple[int, ...]]]:
+    """The command's arguments, standard input (a descriptor) and descriptors to keep open
+    for a claimed file.
 
     The path that replaces `{}` stays valid while the command runs, although renewing
     the lease renames the claimed file: a hard link in `tmp/` for a local spool (no
-    copy; `cleanup()` removes one left by a killed worker), a copy for others.
+    copy; `cleanup()` removes one left by a killed worker), else a copy in a temporary
+    file unlinked at once, given as `/dev/fd/N`: nothing is left behind, even by a
+    worker killed with SIGKILL.
     """
     if not any(PLACEHOLDER in part for part in command):
         with claim.open("rb") as file:
             if _has_descriptor(file):
-                yield command, file.fileno()
+                yield command, file.fileno(), ()
                 return
             with tempfile.TemporaryFile() as spill:  # e.g. memory: no descriptor to hand over
                 spill.write(file.read())
                 spill.seek(0)
-                yield command, spill.fileno()
+                yield command, spill.fileno(), ()
         return
     if "://" not in claim.path:
         link = f"{claim.queue.backend.folder_path(STAGING_FOLDER)}/.job.{unique_name()}"
@@ -206,15 +332,14 @@ def _input_for(claim: Claim, command: list[str]) -> Iterator[tuple[list[str], in
         except FileNotFoundError:
             raise LeaseLost(f"the claim of {claim.name!r} no longer holds its file") from None
         try:
-            yield _substitute(command, link), subprocess.DEVNULL
+            yield _substitute(command, link), subprocess.DEVNULL, ()
         finally:
             os.unlink(link)
         return
-    with tempfile.TemporaryDirectory(prefix="filespool-") as directory:
-        local = os.path.join(directory, claim.name)  # not a local file: hand over a copy
-        with open(local, "wb") as copy:
-            copy.write(claim.read())
-        yield _substitute(command, local), subprocess.DEVNULL
+    with tempfile.TemporaryFile() as copy:  # not a local file: hand over an unnamed copy
+        copy.write(claim.read())
+        copy.flush()
+        yield _substitute(command, f"/dev/fd/{copy.fileno()}"), subprocess.DEVNULL, (copy.fileno(),)
 
 
 def _substitute(command: list[str], path: str) -> list[str]:
