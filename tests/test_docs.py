@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 import re
 import subprocess
 import sys
@@ -41,3 +42,21 @@ def test_gocept_filestore_readme_passes_unchanged(
     readme = Path(__file__).with_name("gocept_filestore_README.txt")
     result = doctest.testfile(str(readme), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert (result.failed, result.attempted) == (0, 38)
+
+
+def test_the_docs_examples_leave_no_temporary_directories(tmp_path: Path) -> None:
+    """The examples call mkdtemp() without cleaning up (as a reader would); the docs'
+    test harness must take those directories away."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    pages = ["README.md", "docs/index.md", "docs/getting-started.md", "docs/queue.md"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pages],
+        cwd=DOCS.parent,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert list(scratch.iterdir()) == []
