@@ -550,3 +550,43 @@ def test_remote_copies_leave_nothing_behind_even_after_sigkill(moto: str, tmp_pa
     worker.kill()
     worker.wait()
     assert list(scratch.iterdir()) == []  # the copy had no name to leave behind
+
+
+def test_a_command_whose_lease_is_lost_is_stopped(spool: str, tmp_path: Path) -> None:
+    """When a renewal finds the claim taken over, the command must not run on beside the
+    next claim of its file: it is stopped, and the job reported lost."""
+    store = FileStore(spool)
+    name = store.deliver(b"x")
+    marker, pid_file = tmp_path / "ran-once", tmp_path / "pid"
+    job = f"[ -e {marker} ] && exit 0; touch {marker}; echo $$ > {pid_file}; exec sleep 60"
+    worker = subprocess.Popen(
+        [*FILESPOOL, "work", spool, "--once", "--json", "--lease", "3s", "--", "sh", "-c", job],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert store.recover(older_than=0).returned == [name]  # taken over while it runs
+    stdout, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    assert not _alive(int(pid_file.read_text()))
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert [(e["name"], e["status"]) for e in events[:-1]] == [(name, "lost"), (name, "acked")]
+
+
+def test_a_remote_copy_is_read_from_its_start_by_descriptor(tmp_path: Path) -> None:
+    """`{}` for a remote file is /dev/fd/N: N is above the standard streams, and a command
+    reading descriptor N itself (not reopening the path) reads the whole file."""
+    store = FileStore(f"memory://cli-{tmp_path.name}")
+    store.prepare()
+    store.deliver(b"payload")
+    claim = store.claim()
+    assert claim is not None
+    with _input_for(claim, ["cat", "{}"]) as (arguments, _, kept):
+        [descriptor] = kept
+        assert descriptor > 2
+        assert arguments == ["cat", f"/dev/fd/{descriptor}"]
+        assert os.read(descriptor, 100) == b"payload"
+    claim.ack()

@@ -23,8 +23,11 @@ from filespool.errors import (
     InvalidFolder,
     InvalidMode,
     InvalidName,
+    NotFound,
     NotPrepared,
 )
+from filespool.names import split_file_name
+from filespool.queue import Record
 from filespool.store import FOLDERS
 
 BAD_NAMES: list[Any] = [
@@ -185,3 +188,20 @@ class TestValidation:
         with suppress(FileStoreError, TypeError):
             calls[operation]()
         assert _everything_outside(fs, root) == before
+
+
+def test_requeue_of_a_record_without_a_generation_goes_beyond_any_generation() -> None:
+    """Records written before generations were kept get one no earlier claim can have held;
+    a name not in failed/ is refused without touching its record."""
+    store = FileStore(f"memory://requeue-{uuid.uuid4().hex}", max_attempts=1)
+    store.prepare()
+    name = store.deliver(b"x")
+    store.claim().release()  # type: ignore[union-attr]
+    store.backend.replace(".records", name, b'{"attempts": 1, "reason": "old"}', durable=False)
+    requeued = store.requeue(name)
+    assert split_file_name(requeued)[1] > 10**18
+    other = store.deliver(b"y")
+    store.claim()  # the requeued one
+    with pytest.raises(NotFound):
+        store.requeue(other)
+    assert store.record(other) == Record()

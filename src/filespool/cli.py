@@ -450,9 +450,7 @@ def _reporter(arguments: argparse.Namespace, store: FileStore) -> Reporter:
 @contextmanager
 def _signals_stop(pool: WorkPool, reporter: Reporter) -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
-        first = not pool.stopping.is_set()
-        pool.stop(signum)
-        if first:
+        if pool.stop(signum):
             reporter.stopping(pool.tally.running)
 
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}

@@ -85,16 +85,29 @@ def run_demo(
         worker.start()
     delivered: list[str] = []
     for _ in range(producers):
-        delivered.extend(results.get())
+        delivered.extend(_result(results, workers))
     producing.clear()
     claimed: list[str] = []
     for _ in range(consumers):
-        claimed.extend(results.get())
+        claimed.extend(_result(results, workers))
     seconds = time.perf_counter() - started
     for worker in workers:
         worker.join()
     left_over = sum(len(store.names(folder)) for folder in FOLDERS)
     return ExactlyOnce(delivered, claimed, seconds, left_over)
+
+
+def _result(results: Any, workers: list[Any]) -> list[str]:
+    """The next worker's result; raises if workers died without one (no endless wait)."""
+    while True:
+        try:
+            found: list[str] = results.get(timeout=1)
+        except queue.Empty:
+            failed = any(getattr(worker, "exitcode", None) not in (0, None) for worker in workers)
+            if failed or not any(worker.is_alive() for worker in workers):
+                raise RuntimeError("a demo worker died; see its traceback above") from None
+            continue
+        return found
 
 
 def _produce(store: FileStore, count: int, size: int, results: Any) -> None:

@@ -365,10 +365,17 @@ class Queue:
     def requeue(self, name: str) -> str:
         """Move a dead-lettered message back to `new/`, its attempts reset; return its
         file name there (the generation after the last one it had)."""
-        generation = int(self._read_json(RECORDS, name).get("generation", 0))
-        requeued = file_name(name, generation + 1)
+        if not self.backend.exists("failed", name):
+            raise NotFound.file(name, "failed", self.backend.url)
+        recorded = self._read_json(RECORDS, name).get("generation")
+        # A record without one (written by an older filespool) gets a generation beyond any
+        # a claim can have reached: the time in nanoseconds (19 digits fit the name).
+        generation = time.time_ns() if recorded is None else int(recorded) + 1
+        # The record first: if the message is dead-lettered again before this returns,
+        # its own record (with its later generation) is not overwritten afterwards.
+        self._remember(name, Record(), generation=generation)
+        requeued = file_name(name, generation)
         self.backend.move("failed", name, "new", requeued)
-        self._forget(name)
         return requeued
 
     # -- the deduplication window ------------------------------------------------------

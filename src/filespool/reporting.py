@@ -8,13 +8,16 @@ that they never interleave.
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from contextlib import contextmanager, suppress
+from typing import IO, TYPE_CHECKING, BinaryIO, TextIO
 
+from filespool.errors import FileStoreError
 from filespool.store import FileStore
 from filespool.work import Outcome, Tally
 
@@ -36,13 +39,12 @@ class Reporter:
     def outcome(self, outcome: Outcome) -> None:
         """One file was finished."""
 
-    def output(self, outcome: Outcome, stdout: bytes, stderr: bytes) -> None:
-        """A command's whole output, once it ended (`--output group`)."""
+    def output(self, outcome: Outcome, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        """A command's whole output, once it ended (`--output group`), from its spill files."""
         with self._lock:
-            for stream, data in ((self.stdout, stdout), (self.stderr, stderr)):
-                if data:
-                    stream.write(data)
-                    stream.flush()
+            for stream, spill in ((self.stdout, stdout), (self.stderr, stderr)):
+                shutil.copyfileobj(spill, stream)  # in chunks: the output may be huge
+                stream.flush()
 
     @contextmanager
     def showing(self, tally: Tally) -> Iterator[None]:
@@ -123,7 +125,7 @@ class ProgressReporter(Reporter):
         self.store = store
         self._console: Console | None = None
 
-    def output(self, outcome: Outcome, stdout: bytes, stderr: bytes) -> None:
+    def output(self, outcome: Outcome, stdout: IO[bytes], stderr: IO[bytes]) -> None:
         console = self._console
         if console is None:
             super().output(outcome, stdout, stderr)
@@ -134,12 +136,11 @@ class ProgressReporter(Reporter):
         if self.stdout.isatty():
             on_terminal.insert(0, stdout)
         else:
-            super().output(outcome, stdout, b"")
+            super().output(outcome, stdout, io.BytesIO())
         with self._lock:
-            for data in on_terminal:
-                if data:
-                    text = data.decode("utf-8", "replace").rstrip("\n")
-                    console.print(text, markup=False, highlight=False)
+            for spill in on_terminal:
+                for line in io.TextIOWrapper(spill, encoding="utf-8", errors="replace"):
+                    console.print(line.rstrip("\n"), markup=False, highlight=False)
 
     def stopping(self, running: int) -> None:
         message = (
@@ -177,8 +178,12 @@ class ProgressReporter(Reporter):
             stop = threading.Event()
 
             def refresh() -> None:
+                waiting = 0
                 while not stop.is_set():
-                    waiting = len(self.store.names("new"))
+                    # Listing new/ is not free (a LIST request on S3): once a second, and a
+                    # failed listing only keeps the last count.
+                    with suppress(FileStoreError):
+                        waiting = len(self.store.names("new"))
                     done = tally.acked + tally.failed
                     progress.update(
                         task,
@@ -186,7 +191,7 @@ class ProgressReporter(Reporter):
                         total=done + tally.running + waiting,
                         detail=_detail(tally, waiting, console.width),
                     )
-                    stop.wait(0.2)
+                    stop.wait(1.0)
 
             updater = threading.Thread(target=refresh, daemon=True)
             updater.start()

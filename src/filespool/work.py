@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO, Literal
 
 from filespool.backends.base import STAGING_FOLDER
@@ -100,7 +101,7 @@ class WorkPool:
         report: Callable[[Outcome], None],
         timeout: float | None = None,
         output: Output = "inherit",
-        emit: Callable[[Outcome, bytes, bytes], None] | None = None,
+        emit: Callable[[Outcome, IO[bytes], IO[bytes]], None] | None = None,
     ) -> None:
         self.store = store
         self.command = list(command)
@@ -118,6 +119,7 @@ class WorkPool:
         self.aborting = threading.Event()  # stop running commands, release their files
         self.error: BaseException | None = None
         self._lock = threading.Lock()
+        self._stop_requested = False
 
     def run(self) -> Tally:
         """Work until stopped (or, with `once`, until no file is waiting or running)."""
@@ -130,19 +132,29 @@ class WorkPool:
             for thread in threads:
                 thread.join(timeout=0.1)
             if time.monotonic() >= next_recovery and not self.stopping.is_set():
-                self.store.recover(older_than=self.lease)
+                # A failed recovery (a network blip) is tried again half a lease later:
+                # stopping the run for it would abort every running command.
+                with suppress(FileStoreError):
+                    self.store.recover(older_than=self.lease)
                 next_recovery = time.monotonic() + self.lease / 2
         if self.error is not None:
             raise self.error
         return self.tally
 
-    def stop(self, signal_number: int | None = None) -> None:
-        """The first call stops taking new files; the second aborts running commands."""
-        if self.stopping.is_set():
+    def stop(self, signal_number: int | None = None) -> bool:
+        """The first call stops taking new files; the second aborts running commands.
+
+        Returns whether this was the first call. (A worker's error also stops the run,
+        but a user's first stop after it still lets running commands finish.)
+        """
+        first = not self._stop_requested
+        if not first:
             self.aborting.set()
+        self._stop_requested = True
         self.stopping.set()
         if signal_number is not None and self.signal is None:
             self.signal = signal_number
+        return first
 
     def _work(self) -> None:
         while not self.stopping.is_set():
@@ -173,28 +185,28 @@ class WorkPool:
         started = time.monotonic()
         returncode = -1  # the command never ran (its file was gone before it could start)
         reason: str | None = None
-        streams = _Streams(self.output)
-        try:
-            with streams, _input_for(claim, self.command) as (arguments, stdin, kept):
-                returncode, reason = self._run(claim, arguments, stdin, kept, attempt, streams)
-            if returncode == 0 and reason is None:
-                claim.ack()
-                status = "acked"
-            elif reason == "aborted":
-                claim.release(reason, attempt=False)
-                status = "stopped"
-            else:
-                status = "retried" if claim.release(reason) == "new" else "failed"
-        except LeaseLost:
-            # The lease expired (the command outran it, or this process stalled) and a
-            # recoverer took the file back: its outcome is the next claim's to report.
-            status = "lost"
-        seconds = time.monotonic() - started
-        with self._lock:
-            setattr(self.tally, status, getattr(self.tally, status) + 1)
-        outcome = Outcome(claim.name, status, returncode, seconds, attempt, reason)
-        if self.output == "group" and self.emit is not None:
-            self.emit(outcome, streams.stdout, streams.stderr)
+        with _Streams(self.output) as streams:
+            try:
+                with _input_for(claim, self.command) as (arguments, stdin, kept):
+                    returncode, reason = self._run(claim, arguments, stdin, kept, attempt, streams)
+                if returncode == 0 and reason is None:
+                    claim.ack()
+                    status = "acked"
+                elif reason == "aborted":
+                    claim.release(reason, attempt=False)
+                    status = "stopped"
+                else:
+                    status = "retried" if claim.release(reason) == "new" else "failed"
+            except LeaseLost:
+                # The lease expired (the command outran it, or this process stalled) and a
+                # recoverer took the file back: its outcome is the next claim's to report.
+                status = "lost"
+            seconds = time.monotonic() - started
+            with self._lock:
+                setattr(self.tally, status, getattr(self.tally, status) + 1)
+            outcome = Outcome(claim.name, status, returncode, seconds, attempt, reason)
+            if streams.grouped is not None and self.emit is not None:
+                self.emit(outcome, *streams.grouped)
         self.report(outcome)
 
     def _run(
@@ -218,8 +230,17 @@ class WorkPool:
             env=environment,
             start_new_session=True,
             pass_fds=kept,
-            preexec_fn=_die_with_parent,
+            preexec_fn=partial(_die_with_parent, os.getpid()),
         )
+        try:
+            return self._wait(claim, process)
+        except BaseException:
+            # The lease was lost (LeaseLost from a renewal) or the store failed: the command
+            # must not run on beside the next claim of its file.
+            _stop(process)
+            raise
+
+    def _wait(self, claim: Claim, process: subprocess.Popen[bytes]) -> tuple[int, str | None]:
         started = time.monotonic()
         renew_at = started + self.lease / 3
         while True:
@@ -260,45 +281,62 @@ def _describe(returncode: int) -> str:
 def _load_prctl() -> Callable[[int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl: Callable[[int, int], int] = library.prctl
+    try:  # the C library the interpreter runs on (glibc or musl), without a search
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
     return prctl
 
 
 _prctl = _load_prctl()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child, before exec: be killed when the worker thread that started it dies
-    (a SIGKILLed worker takes its commands with it; Linux only). One foreign call and
-    nothing else, as code between fork and exec in a threaded process must be."""
+    (a SIGKILLed worker takes its commands with it; Linux only). One foreign call, as code
+    between fork and exec in a threaded process must be."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the worker died between fork and prctl
+            os._exit(1)
 
 
 class _Streams:
-    """Where a command's standard output and error go; for `group`, two spill files
-    whose content is read back (`stdout`, `stderr`) once the command has ended."""
+    """Where a command's standard output and error go. For `group`, two spill files, kept
+    until the command's outcome is reported (`grouped`), then closed."""
 
     def __init__(self, output: Output) -> None:
         self.output = output
-        self.out: IO[bytes] | int | None = None
-        self.err: IO[bytes] | int | None = None
-        self.stdout = self.stderr = b""
+        self.spills: tuple[IO[bytes], IO[bytes]] | None = None
+
+    @property
+    def out(self) -> IO[bytes] | int | None:
+        """The command's standard output."""
+        if self.spills is not None:
+            return self.spills[0]
+        return subprocess.DEVNULL if self.output == "discard" else None
+
+    @property
+    def err(self) -> IO[bytes] | int | None:
+        """The command's standard error."""
+        if self.spills is not None:
+            return self.spills[1]
+        return subprocess.DEVNULL if self.output == "discard" else None
+
+    @property
+    def grouped(self) -> tuple[IO[bytes], IO[bytes]] | None:
+        """The spill files, rewound, for `group`; else None."""
+        for spill in self.spills or ():
+            spill.seek(0)
+        return self.spills
 
     def __enter__(self) -> _Streams:
         if self.output == "group":
-            self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        elif self.output == "discard":
-            self.out = self.err = subprocess.DEVNULL
+            self.spills = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
         return self
 
     def __exit__(self, *exception: object) -> None:
-        for name, spill in (("stdout", self.out), ("stderr", self.err)):
-            if isinstance(spill, int) or spill is None:
-                continue
-            spill.seek(0)
-            setattr(self, name, spill.read())
+        for spill in self.spills or ():
             spill.close()
 
 
@@ -334,12 +372,20 @@ def _input_for(
         try:
             yield _substitute(command, link), subprocess.DEVNULL, ()
         finally:
-            os.unlink(link)
+            with suppress(FileNotFoundError):  # removed by a cleanup() meanwhile
+                os.unlink(link)
         return
     with tempfile.TemporaryFile() as copy:  # not a local file: hand over an unnamed copy
         copy.write(claim.read())
         copy.flush()
-        yield _substitute(command, f"/dev/fd/{copy.fileno()}"), subprocess.DEVNULL, (copy.fileno(),)
+        copy.seek(0)  # a command reading descriptor N itself starts at the beginning
+        # Above 2, so that the child's standard streams can never take its number.
+        descriptor = fcntl.fcntl(copy.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+        try:
+            path = f"/dev/fd/{descriptor}"
+            yield _substitute(command, path), subprocess.DEVNULL, (descriptor,)
+        finally:
+            os.close(descriptor)
 
 
 def _substitute(command: list[str], path: str) -> list[str]:
