@@ -17,8 +17,10 @@ from fsspec import AbstractFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filespool import FileStore
+from filespool import FileStore, PartialDelivery
+from filespool.backends.memory import MemoryBackend
 from filespool.errors import (
+    AlreadyExists,
     FileStoreError,
     InvalidFolder,
     InvalidMode,
@@ -205,3 +207,26 @@ def test_requeue_of_a_record_without_a_generation_goes_beyond_any_generation() -
     with pytest.raises(NotFound):
         store.requeue(other)
     assert store.record(other) == Record()
+
+
+class _RefusingBackend(MemoryBackend):
+    """Refuses to publish any message whose content is `b"refused"`."""
+
+    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
+        if data == b"refused":
+            raise AlreadyExists.file(name, folder, self.url)
+        return super().put(folder, name, data, durable=durable)
+
+
+def test_a_partial_delivery_says_which_messages_were_delivered() -> None:
+    store = FileStore(_RefusingBackend(f"partial-{uuid.uuid4().hex}"))
+    store.prepare()
+    with pytest.raises(PartialDelivery) as raised:
+        store.deliver_many([b"one", b"refused", b"two"])
+    assert raised.value.delivered == store.names("new")
+    assert [store.read(name, "new") for name in raised.value.delivered] == [b"one", b"two"]
+    [error] = raised.value.failed.values()
+    assert isinstance(error, AlreadyExists)
+    assert "1 of 3 messages were not delivered" in str(raised.value)
+    with pytest.raises(AlreadyExists):  # nothing delivered: the error itself
+        store.deliver_many([b"refused"])

@@ -17,6 +17,7 @@ from filespool.errors import (
     LeaseLost,
     NotFound,
     NotPrepared,
+    PartialDelivery,
     UnsupportedLocation,
 )
 from filespool.store import FOLDERS, FileStore
@@ -33,5 +34,6 @@ __all__ = [
     "LeaseLost",
     "NotFound",
     "NotPrepared",
+    "PartialDelivery",
     "UnsupportedLocation",
 ]

@@ -309,18 +309,26 @@ def _put(arguments: argparse.Namespace) -> int:
             for path in paths
         ]
         for file in inputs:
-            for message in _messages(file.read(), lines=arguments.lines):
-                print(store.deliver(message), flush=arguments.lines)
+            if not arguments.lines:
+                print(store.deliver(file.read()))
+                continue
+            for batch in _line_batches(file):
+                for name in store.deliver_many(batch):  # one barrier per batch
+                    print(name)
+                sys.stdout.flush()
     return 0
 
 
-def _messages(data: bytes, *, lines: bool) -> list[bytes]:
-    if not lines:
-        return [data]
-    messages = data.split(b"\n")
-    if messages[-1] == b"":
-        messages.pop()  # the newline that ends the last line ends no message
-    return messages
+def _line_batches(file: BinaryIO, size: int = 1000) -> Iterator[list[bytes]]:
+    """The file's lines (without their newline), `size` at a time."""
+    batch: list[bytes] = []
+    for line in file:
+        batch.append(line[:-1] if line.endswith(b"\n") else line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _ls(arguments: argparse.Namespace) -> int:

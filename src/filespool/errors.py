@@ -47,6 +47,23 @@ class AlreadyExists(FileStoreError, FileExistsError):
         return cls(f"a file {name!r} already exists in {folder}/ of {url}")
 
 
+class PartialDelivery(FileStoreError):
+    """Some messages of a batch were delivered and some were not.
+
+    `delivered` lists the names published (in `new/` now); `failed` maps each name
+    that was not to its error. Deliver those again, or give up on them.
+    """
+
+    def __init__(self, delivered: list[str], failed: dict[str, FileStoreError]) -> None:
+        first = next(iter(failed.values()))
+        super().__init__(
+            f"{len(failed)} of {len(delivered) + len(failed)} messages were not delivered "
+            f"(the first because: {first}); the {len(delivered)} named in .delivered were"
+        )
+        self.delivered = delivered
+        self.failed = failed
+
+
 class LeaseLost(FileStoreError):
     """This claim no longer holds its file: its lease expired and `recover` gave the file
     back (or another worker took it over), or the claim was finished already.

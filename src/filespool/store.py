@@ -11,13 +11,22 @@ import builtins
 import io
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from filespool import backends
 from filespool.backends.base import STAGING_FOLDER, Backend
-from filespool.errors import AlreadyExists, InvalidFolder, InvalidMode, InvalidName, NotFound
+from filespool.errors import (
+    AlreadyExists,
+    FileStoreError,
+    InvalidFolder,
+    InvalidMode,
+    InvalidName,
+    NotFound,
+    PartialDelivery,
+)
 from filespool.names import unique_name, validate_file_name, validate_name
 from filespool.queue import Claim, Queue, Record, Recovery
 
@@ -197,16 +206,49 @@ class FileStore:
         if not self._queue.first_delivery(bare) and self._delivered(bare):
             return bare  # delivered within the deduplication window: not published again
         try:
-            # An unsettled write (its answer lost, and nothing under the name now) may have
-            # landed and been claimed since: publish it again only if it is not delivered.
-            while self.backend.put("new", bare, payload, durable=self.durable):
-                if self._delivered(bare):
-                    break
+            if self.backend.put("new", bare, payload, durable=self.durable):
+                self._settle(bare, payload)
         except AlreadyExists:
             if self._queue.dedup_window is None:
                 raise
             # A concurrent delivery of the same name (with a window, the same message) won.
         return bare
+
+    def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
+        """Publish each message into `new/` under a new unique name; return the names, in
+        order (they sort in that order too).
+
+        Faster than `deliver` one at a time: on a local disk the batch shares one
+        durability barrier, on S3 its requests are in flight together. If some messages
+        cannot be published, raises `PartialDelivery`, which says which were (or, if none
+        was, the error itself).
+        """
+        items = [(unique_name(), _as_bytes(data)) for data in messages]
+        if self._queue.dedup_window is not None:  # each name marked first: one at a time
+            return [self.deliver(data, name) for name, data in items]
+        results = self.backend.put_many("new", items, durable=self.durable)
+        delivered: builtins.list[str] = []
+        failed: dict[str, FileStoreError] = {}
+        for (name, data), result in zip(items, results, strict=True):
+            if isinstance(result, FileStoreError):
+                failed[name] = result
+                continue
+            if result:
+                self._settle(name, data)
+            delivered.append(name)
+        if failed and not delivered:
+            raise next(iter(failed.values()))
+        if failed:
+            raise PartialDelivery(delivered, failed)
+        return delivered
+
+    def _settle(self, name: str, payload: bytes) -> None:
+        """After a write whose outcome is unknown (its answer lost, and nothing under the
+        name now): it may have landed and been claimed since, so publish it again only
+        while it is not delivered."""
+        while not self._delivered(name):
+            if not self.backend.put("new", name, payload, durable=self.durable):
+                return
 
     def _delivered(self, name: str) -> bool:
         """Whether the message is in the spool, or marked acked (with a window). A mark

@@ -13,12 +13,12 @@ those guarantees (docs/writing-a-backend.md walks through writing one).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from filespool.errors import NotFound, NotPrepared
+from filespool.errors import FileStoreError, NotFound, NotPrepared
 
 STAGING_FOLDER = "tmp"
 """The folder in which a backend may stage data before publishing it.
@@ -137,6 +137,24 @@ class Backend(ABC):
         consumer). Storage whose writes cannot lose an answer always returns False.
         Raises `AlreadyExists` (the existing file left untouched), `NotPrepared`.
         """
+
+    def put_many(
+        self, folder: str, items: Sequence[tuple[str, bytes]], *, durable: bool
+    ) -> list[bool | FileStoreError]:
+        """`put` for each `(name, data)`, independently: in order, what `put` returned for
+        each item, or the `FileStoreError` it raised (the other items go on).
+
+        With `durable`, every published file must survive a power loss once this returns;
+        a backend may use one barrier for them all, or send them together (the default
+        puts one at a time). A missing folder may raise `NotPrepared` for the whole batch.
+        """
+        results: list[bool | FileStoreError] = []
+        for name, data in items:
+            try:
+                results.append(self.put(folder, name, data, durable=durable))
+            except FileStoreError as error:
+                results.append(error)
+        return results
 
     @abstractmethod
     def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:

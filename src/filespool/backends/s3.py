@@ -21,7 +21,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,8 @@ CLAIM_METHODS = ("auto", "copy", "multipart")
 MAX_COPY_SIZE = 5 * 1024**3
 """The largest object one CopyObject may copy; larger ones are copied in parts."""
 DEFAULT_PART_SIZE = 512 * 1024**2
+DEFAULT_CONCURRENCY = 16
+"""Requests a batch (`put_many`) keeps in flight."""
 MIN_PART_SIZE = 5 * 1024**2
 _MAX_PARTS = 10_000
 _ATTEMPTS = 5  # rounds for 409 conflicts, lost responses and stale ETags
@@ -192,7 +195,8 @@ class S3Backend(Backend):
     Storage options are s3fs's (`endpoint_url`, `key`, `secret`, `profile`,
     `client_kwargs`, ...), plus `claim_method` (`"auto"`, `"copy"` or
     `"multipart"`), `part_size` and `max_copy_size` (objects larger than
-    that are copied in ranged parts). Safe to share between threads; a pickled
+    that are copied in ranged parts), and `concurrency` (requests a batch keeps in
+    flight, 16). Safe to share between threads; a pickled
     copy builds its own client.
     """
 
@@ -204,6 +208,7 @@ class S3Backend(Backend):
         claim_method: str = "auto",
         part_size: int = DEFAULT_PART_SIZE,
         max_copy_size: int = MAX_COPY_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
         **storage_options: Any,
     ) -> None:
         if not bucket:
@@ -222,11 +227,16 @@ class S3Backend(Backend):
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} (5 MiB), not {part_size}")
         if not 0 < max_copy_size <= MAX_COPY_SIZE:
             raise ValueError(f"max_copy_size must be between 1 and {MAX_COPY_SIZE}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f"concurrency must be a whole number of 1 or more, not {concurrency!r}"
+            )
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.claim_method = claim_method
         self.part_size = part_size
         self.max_copy_size = max_copy_size
+        self.concurrency = concurrency
         self.storage_options = storage_options
         # Learnt from the server once, and kept by pickled copies.
         self._method: str | None = None if claim_method == "auto" else claim_method
@@ -429,6 +439,22 @@ class S3Backend(Backend):
             return True  # a consumer may have taken it already: the caller looks
         self._know(folder, name, version)
         return False
+
+    def put_many(
+        self, folder: str, items: Sequence[tuple[str, bytes]], *, durable: bool
+    ) -> list[bool | FileStoreError]:
+        # Up to `concurrency` PUTs in flight, each with its own condition, token and
+        # lost-answer handling: S3 is latency-bound, not bandwidth-bound, per request.
+        self._check_prepared(folder)
+
+        def put(item: tuple[str, bytes]) -> bool | FileStoreError:
+            try:
+                return self.put(folder, item[0], item[1], durable=durable)
+            except FileStoreError as error:
+                return error
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items) or 1)) as pool:
+            return list(pool.map(put, items))
 
     def create(self, folder: str, name: str) -> BinaryIO:
         self._check_prepared(folder)
@@ -893,7 +919,7 @@ def _check_storage_options(options: dict[str, Any]) -> None:
             raise TypeError(
                 f"unknown S3 storage option {name!r}; s3fs takes: "
                 f"{', '.join(sorted(_STORAGE_OPTIONS))}, and filespool claim_method, "
-                "part_size, max_copy_size"
+                "part_size, max_copy_size, concurrency"
             )
         if name in _TEXT_OPTIONS and value is not None and not isinstance(value, str):
             raise TypeError(

@@ -208,6 +208,20 @@ class BackendContract(ContractBase):
             ready.put("new", "a", b"second", durable=False)
         assert self._at(ready, "new", "a") == b"first"
 
+    @pytest.mark.parametrize("durable", [False, True])
+    def test_put_many_puts_each_item_on_its_own(self, ready: Backend, durable: bool) -> None:
+        """`put_many` publishes each item whole, in order of the results; an occupied name
+        gives `AlreadyExists` in its place and leaves the file alone, the others go on."""
+        self.write_directly(ready, "new/taken", b"first")
+        items = [("a", DATA), ("taken", b"second"), ("empty", b""), ("c", b"c")]
+        results = ready.put_many("new", items, durable=durable)
+        assert [type(result) for result in results] == [bool, AlreadyExists, bool, bool]
+        assert [results[0], results[2], results[3]] == [False, False, False]
+        assert self._at(ready, "new", "taken") == b"first"
+        for name, data in (items[0], items[2], items[3]):
+            assert self._at(ready, "new", name) == data
+        assert ready.put_many("new", [], durable=durable) == []
+
     def test_replace_writes_and_overwrites(self, ready: Backend) -> None:
         """`replace` publishes the data whole, whether or not the file existed."""
         ready.replace("new", "a", b"first", durable=False)

@@ -159,6 +159,19 @@ class StoreContract(ContractBase):
         name = prepared.deliver(b"")
         assert prepared.open(name, "new", "rb").read() == b""
 
+    def test_deliver_many_publishes_each_in_order(self, prepared: FileStore) -> None:
+        """`deliver_many` publishes every message whole under new names, which sort in the
+        order given and are returned in it; nothing is left in `tmp/`."""
+        messages: list[bytes | str] = [f"message {i}".encode() for i in range(50)]
+        messages += ["text", b""]
+        names = prepared.deliver_many(iter(messages))
+        assert len(set(names)) == len(messages)
+        assert names == sorted(names) == prepared.names("new")
+        assert [prepared.read(name, "new") for name in names[:50]] == messages[:50]
+        assert prepared.read(names[50], "new") == b"text"
+        assert prepared.names("tmp") == []
+        assert prepared.deliver_many([]) == []
+
     def test_cleanup_removes_only_old_files_in_tmp(self, prepared: FileStore) -> None:
         """`cleanup()` removes old files in `tmp/` (staging ones too), nothing else."""
         with prepared.create("abandoned") as file:
