@@ -177,22 +177,25 @@ class ProgressReporter(Reporter):
             self._console = progress.console
             stop = threading.Event()
 
-            def refresh() -> None:
+            def update() -> None:
+                # Listing new/ is not free (a LIST request on S3): once a second, and a
+                # failed listing counts nothing waiting.
                 waiting = 0
-                while not stop.is_set():
-                    # Listing new/ is not free (a LIST request on S3): once a second, and a
-                    # failed listing only keeps the last count.
-                    with suppress(FileStoreError):
-                        waiting = len(self.store.names("new"))
-                    done = tally.acked + tally.failed
-                    progress.update(
-                        task,
-                        completed=done,
-                        total=done + tally.running + waiting,
-                        detail=_detail(tally, waiting, console.width),
-                    )
-                    stop.wait(1.0)
+                with suppress(FileStoreError):
+                    waiting = len(self.store.names("new"))
+                done = tally.acked + tally.failed
+                progress.update(
+                    task,
+                    completed=done,
+                    total=done + tally.running + waiting,
+                    detail=_detail(tally, waiting, console.width),
+                )
 
+            def refresh() -> None:
+                while not stop.wait(1.0):
+                    update()
+
+            update()
             updater = threading.Thread(target=refresh, daemon=True)
             updater.start()
             try:
@@ -200,6 +203,7 @@ class ProgressReporter(Reporter):
             finally:
                 stop.set()
                 updater.join()
+                update()  # the final counts, not those of up to a second ago
                 self._console = None
 
     def summary(self, tally: Tally) -> None:
