@@ -12,6 +12,7 @@ import io
 import os
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, Literal, TextIO, overload
@@ -213,6 +214,36 @@ class FileStore:
                 raise
             # A concurrent delivery of the same name (with a window, the same message) won.
         return bare
+
+    def claim_many(self, count: int, wait: float | None = None) -> builtins.list[Claim]:
+        """Claim up to `count` files; fewer (or none) if fewer are waiting.
+
+        With `wait`, waits for the first as `claim` does. Where requests wait on a network
+        (`Backend.concurrency` above 1, as on S3), that many claims run at once.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        first = self.claim(wait)
+        if first is None:
+            return []
+        claims = [first]
+        window = min(self.backend.concurrency, count - 1)
+        if window <= 1:
+            while len(claims) < count and (claim := self._queue.claim()) is not None:
+                claims.append(claim)
+            return claims
+        wanted = iter(range(count - 1))  # next() under the GIL: each claimer takes a turn
+
+        def claim_in_turn() -> builtins.list[Claim]:
+            taken: builtins.list[Claim] = []
+            while next(wanted, None) is not None and (claim := self._queue.claim()) is not None:
+                taken.append(claim)
+            return taken
+
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            for taken in pool.map(lambda _: claim_in_turn(), range(window)):
+                claims.extend(taken)
+        return claims
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in

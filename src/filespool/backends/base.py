@@ -60,6 +60,11 @@ class Backend(ABC):
     The contract suite, `filespool.testing.SpoolContract`, checks each guarantee below.
     """
 
+    concurrency: int = 1
+    """How many requests are worth having in flight at once: 1 for storage that answers
+    at once (a local disk, memory), more where each request waits on a network (S3).
+    Batches (`FileStore.claim_many`) run that many at a time."""
+
     @property
     @abstractmethod
     def url(self) -> str:

@@ -55,6 +55,21 @@ class QueueContract(StoreContract):
         third = prepared.deliver(b"3")
         assert [prepared.claim(), prepared.claim(), prepared.claim()] == [second, third, None]
 
+    def test_claim_many_takes_up_to_count_each_file_once(self, prepared: FileStore) -> None:
+        """`claim_many(n)` claims up to n files, each once, as claims that work; none
+        waiting gives an empty list."""
+        names = [prepared.deliver(str(i)) for i in range(7)]
+        first, second = prepared.claim_many(5), prepared.claim_many(5)
+        assert (len(first), len(second)) == (5, 2)
+        assert sorted([*first, *second]) == names
+        assert prepared.claim_many(3) == []
+        for claim in [*first, *second]:
+            assert claim.read() == str(names.index(claim)).encode()
+            claim.ack()
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+        with pytest.raises(ValueError, match="at least 1"):
+            prepared.claim_many(0)
+
     def test_claim_passes_over_a_name_already_in_cur(self, prepared: FileStore) -> None:
         """A name already in `cur/` is not claimed again."""
         prepared.deliver(b"x", "twice")

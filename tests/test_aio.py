@@ -1,0 +1,117 @@
+"""The asyncio API: the same spool, awaited, without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from filespool import FileStore, LeaseLost
+from filespool.aio import AsyncClaim, AsyncFileStore
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncFileStore:
+    if request.param == "local":
+        return AsyncFileStore(tmp_path / "spool")
+    return AsyncFileStore(f"memory://aio-{uuid.uuid4().hex}")
+
+
+def test_deliver_claim_ack(store: AsyncFileStore) -> None:
+    async def main() -> None:
+        await store.prepare()
+        name = await store.deliver(b"payload")
+        claim = await store.claim()
+        assert isinstance(claim, AsyncClaim)
+        assert claim == name
+        assert await claim.read() == b"payload"
+        await claim.extend()
+        assert claim.claim.file_name == f"{name}:1"
+        await claim.ack()
+        assert await store.claim() is None
+        assert await store.names("cur") == []
+
+    asyncio.run(main())
+
+
+def test_a_claim_as_async_context_acks_or_releases(store: AsyncFileStore) -> None:
+    async def main() -> None:
+        await store.prepare()
+        first, second = await store.deliver_many([b"1", b"2"])
+        async with await store.claim() as claim:  # type: ignore[union-attr]
+            assert claim == first
+        with pytest.raises(RuntimeError):
+            async with await store.claim() as claim:  # type: ignore[union-attr]
+                raise RuntimeError("the handler failed")
+        assert (await store.record(second)).attempts == 1
+        again = await store.claim()
+        assert again == second
+        await again.fail("bad input")  # type: ignore[union-attr]
+        assert await store.requeue(second) in await store.names("new")
+        [claim] = await store.claim_many(5)
+        await claim.ack()
+        assert [await store.names(f) for f in ("new", "cur", "failed")] == [[], [], []]
+
+    asyncio.run(main())
+
+
+def test_waiting_for_a_claim_does_not_block_the_loop(tmp_path: Path) -> None:
+    """While `claim(wait=...)` waits, other coroutines run; a delivery made by one of them
+    is the claim's."""
+    store = AsyncFileStore(tmp_path / "spool")
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        for tick in range(5):
+            ticks.append(tick)
+            await asyncio.sleep(0.01)
+        await store.deliver(b"late", "late")
+
+    async def main() -> AsyncClaim | None:
+        await store.prepare()
+        claimer = asyncio.create_task(store.claim(wait=60))
+        await ticker()
+        return await claimer
+
+    assert asyncio.run(main()) == "late"
+    assert ticks == [0, 1, 2, 3, 4]
+
+
+def test_storage_calls_run_off_the_loop_thread(tmp_path: Path) -> None:
+    seen: list[int] = []
+    sync = FileStore(tmp_path / "spool")
+    sync.prepare()
+    deliver = sync.deliver
+
+    def recording_deliver(*arguments: object) -> str:
+        seen.append(threading.get_ident())
+        return deliver(*arguments)  # type: ignore[arg-type]
+
+    sync.deliver = recording_deliver  # type: ignore[method-assign]
+
+    async def main() -> int:
+        await AsyncFileStore(sync).deliver(b"x")
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert seen
+    assert seen[0] != loop_thread
+
+
+def test_a_late_async_worker_gets_lease_lost(store: AsyncFileStore) -> None:
+    async def main() -> None:
+        await store.prepare()
+        await store.deliver(b"x")
+        late = await store.claim()
+        await store.recover(older_than=0)
+        later = await store.claim()
+        with pytest.raises(LeaseLost):
+            await late.ack()  # type: ignore[union-attr]
+        async with later:  # type: ignore[union-attr]
+            pass
+        assert (await store.stats())["cur"].count == 0
+
+    asyncio.run(main())
