@@ -111,8 +111,9 @@ MUTANTS = [
     Mutant(
         "queue: release writes the record without renewing first",
         QUEUE,
-        '        self.extend(claim)\n        return self._give_back(claim, "released")',
-        '        return self._give_back(claim, "released")',
+        "        self.extend(claim)\n"
+        "        return self._give_back(claim, reason, attempt=attempt)",
+        "        return self._give_back(claim, reason, attempt=attempt)",
         ("tests/test_memory.py::TestMemory",),
     ),
     Mutant(
