@@ -296,6 +296,7 @@ def test_help_reads_well() -> None:
         ("work", "{spool}", "--lease", "31d", "--", "true"),
         ("work", "{spool}", "--timeout", "0", "--", "true"),
         ("work", "{spool}", "--json", "--output", "inherit", "--", "true"),
+        ("work", "{spool}", "--results", "{missing}", "--output", "discard", "--", "true"),
         ("recover", "{spool}", "--older-than", "1h", "-o", "max_attempts=2"),
         ("init", ""),
         ("init", "memory://jobs"),
@@ -448,6 +449,22 @@ def test_grouped_output_keeps_each_jobs_lines_together(spool: str) -> None:
         assert [number for _, number in group] == ["1", "2", "3"]
     discarded = run("work", spool, "--once", "-q", "--output", "discard", "--", "echo", "x")
     assert discarded.stdout == b""
+
+
+def test_results_keep_each_jobs_output_in_files(spool: str, tmp_path: Path) -> None:
+    store = FileStore(spool)
+    names = sorted(store.deliver(b"x") for _ in range(3))
+    results = tmp_path / "results"
+    job = 'echo "out $FILESPOOL_NAME"; echo "err $FILESPOOL_NAME" >&2'
+    result = run("work", spool, "--once", "-q", "--results", str(results), "--", "sh", "-c", job)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == (b"", b"")
+    assert sorted(path.name for path in results.iterdir()) == sorted(
+        f"{name}{suffix}" for name in names for suffix in (".out", ".err")
+    )
+    for name in names:
+        assert (results / f"{name}.out").read_text() == f"out {name}\n"
+        assert (results / f"{name}.err").read_text() == f"err {name}\n"
 
 
 def test_a_killed_worker_takes_its_commands_with_it(spool: str, tmp_path: Path) -> None:

@@ -12,14 +12,15 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from importlib.metadata import version
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from filespool.demo import run_demo
 from filespool.errors import FileStoreError, NotPrepared
 from filespool.reporting import JsonReporter, LineReporter, ProgressReporter, Reporter
 from filespool.store import FOLDERS, MAILDIR_TMP_AGE, FileStore
-from filespool.work import OUTPUTS, WorkPool
+from filespool.work import OUTPUTS, Outcome, WorkPool
 
 _EPILOG = "A URL is a local path, file:///path, or s3://bucket/prefix (memory:// for the demo)."
 _MIN_LEASE, _MAX_LEASE = 1.0, 30 * 86400.0
@@ -194,6 +195,12 @@ def _work_parser(command: Any) -> None:
         default="group",
         help="commands' output: group (whole, when each ends; the default), inherit "
         "(straight through), discard",
+    )
+    work.add_argument(
+        "--results",
+        metavar="DIR",
+        help="write each command's output to DIR/NAME.out and DIR/NAME.err instead (the "
+        "last try's), as GNU parallel's --results",
     )
     verbosity = work.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -415,9 +422,15 @@ def _work(arguments: argparse.Namespace) -> int:
     _check_runnable(command[0])
     if arguments.json and arguments.output == "inherit":
         raise UsageError("--json keeps standard output for JSON: use --output group or discard")
+    if arguments.results is not None and arguments.output != "group":
+        raise UsageError("--results takes the commands' output: leave out --output")
     store = _open(arguments, max_attempts=arguments.max_attempts)
     store.names("new")  # fail now, with one line, if the spool is not there
     reporter = _reporter(arguments, store)
+    emit = reporter.output
+    if arguments.results is not None:
+        os.makedirs(arguments.results, exist_ok=True)
+        emit = partial(_write_results, arguments.results)
     pool = WorkPool(
         store,
         command,
@@ -427,7 +440,7 @@ def _work(arguments: argparse.Namespace) -> int:
         report=reporter.outcome,
         timeout=arguments.timeout,
         output=arguments.output,
-        emit=reporter.output,
+        emit=emit,
     )
     with _signals_stop(pool, reporter), reporter.showing(pool.tally):
         tally = pool.run()
@@ -435,6 +448,14 @@ def _work(arguments: argparse.Namespace) -> int:
     if pool.signal is not None:
         return 128 + pool.signal
     return 1 if tally.failed else 0
+
+
+def _write_results(directory: str, outcome: Outcome, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+    """Keep a command's output in `directory`: NAME.out and NAME.err (message names are
+    safe file names)."""
+    for suffix, spill in ((".out", stdout), (".err", stderr)):
+        with open(os.path.join(directory, outcome.name + suffix), "wb") as file:
+            shutil.copyfileobj(spill, file)
 
 
 def _check_runnable(program: str) -> None:
