@@ -129,7 +129,7 @@ MUTANTS = [
         S3,
         '**({"IfNoneMatch": "*"} if exclusive else {}),',
         "",
-        ("tests/test_s3_moto.py::TestS3Moto", "-k", "never_overwrites or exactly_one_wins"),
+        ("tests/test_s3_moto.py::TestS3Moto", "-k", "made_just_before_the_copy"),
     ),
     Mutant(
         "s3: the delete after a copy without its condition",
@@ -172,9 +172,9 @@ MUTANTS = [
         'conditions = {"IfNoneMatch": "*"} if exclusive else {}',
         "conditions = {}",
         (
-            "tests/localstack/test_s3_localstack.py::TestS3LocalStack",
+            "tests/localstack/test_s3_localstack.py",
             "-k",
-            "never_overwrites or exactly_one_wins",
+            "forced_conditional_copy",
         ),
         localstack=True,
     ),

@@ -21,7 +21,7 @@ from aiobotocore.awsrequest import AioAWSResponse
 from botocore.awsrequest import HeadersDict
 from s3fs import S3FileSystem
 
-from filespool import FileStore, LeaseLost
+from filespool import AlreadyExists, FileStore, LeaseLost
 from filespool.backends.base import Backend
 from filespool.backends.s3 import S3Backend
 from filespool.names import split_file_name
@@ -317,6 +317,28 @@ class S3Contract(SpoolContract):
             del s3._delete_moved_source
 
     # -- fenced claims against S3's two-step moves and lost answers ---------------------
+
+    def test_a_destination_made_just_before_the_copy_is_never_overwritten(
+        self, ready: Backend
+    ) -> None:
+        """The destination appears after the mover looked (where it looks) and before its
+        copy: the copy's own condition refuses it, deterministically, and the source stays.
+        (LocalStack may still damage the destination's bytes: see docs/s3.md.)"""
+        s3 = backend_of_backend(ready)
+        ready.put("new", "a", b"mover", durable=False)
+        copy_object = s3._copy_object
+
+        def after_another_writer(*arguments: Any, **keywords: Any) -> Any:
+            self.write_directly(ready, "cur/a", b"occupant")
+            return copy_object(*arguments, **keywords)
+
+        s3._copy_object = after_another_writer  # type: ignore[method-assign]
+        try:
+            with pytest.raises(AlreadyExists):
+                s3.move("new", "a", "cur")
+        finally:
+            del s3._copy_object
+        assert self.read_directly(ready, "new/a") == b"mover"
 
     def test_a_claimer_stalled_between_copy_and_delete_loses_nothing(
         self, prepared: FileStore

@@ -11,6 +11,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,27 @@ class TestS3LocalStack(S3Contract):
     @pytest.mark.xfail(reason=_REFUSED_COPY_WRITES, strict=False)  # only when the put wins
     def test_a_put_and_a_move_to_one_name_never_both_win(self, ready: Backend) -> None:
         super().test_a_put_and_a_move_to_one_name_never_both_win(ready)
+
+
+def test_a_forced_conditional_copy_refuses_a_destination_made_just_before(
+    endpoint: str, bucket: str
+) -> None:
+    """With the copy method forced (no probe to fall back on), the CopyObject's own
+    `If-None-Match` refuses a destination that appeared after the backend looked."""
+    store = store_on(endpoint, bucket, claim_method="copy")
+    store.prepare()
+    s3 = backend_of(store)
+    s3.put("new", "a", b"mover", durable=False)
+    copy_object = s3._copy_object
+
+    def after_another_writer(*arguments: Any, **keywords: Any) -> Any:
+        s3.put("cur", "a", b"occupant", durable=False)
+        return copy_object(*arguments, **keywords)
+
+    s3._copy_object = after_another_writer  # type: ignore[method-assign]
+    with pytest.raises(AlreadyExists):
+        s3.move("new", "a", "cur")
+    assert s3.read("new", "a") == b"mover"
 
 
 def test_localstack_is_probed_onto_the_copy_method(endpoint: str, bucket: str) -> None:
