@@ -51,8 +51,9 @@ def test_a_claim_as_async_context_acks_or_releases(store: AsyncFileStore) -> Non
         assert again == second
         await again.fail("bad input")  # type: ignore[union-attr]
         assert await store.requeue(second) in await store.names("new")
-        [claim] = await store.claim_many(5)
-        await claim.ack()
+        claims = await store.claim_many(5)
+        assert len(claims) == 1
+        assert await store.ack_many(claims) == []
         assert [await store.names(f) for f in ("new", "cur", "failed")] == [[], [], []]
 
     asyncio.run(main())

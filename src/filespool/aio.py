@@ -134,6 +134,14 @@ class AsyncFileStore:
         claims = await asyncio.to_thread(self.store.claim_many, count)
         return [AsyncClaim(claim) for claim in claims]
 
+    async def ack_many(self, claims: Iterable[AsyncClaim]) -> builtins.list[AsyncClaim]:
+        """Ack each claim (see `FileStore.ack_many`); return those whose lease was lost."""
+        wrapped = {id(claim.claim): claim for claim in claims}
+        lost = await asyncio.to_thread(
+            self.store.ack_many, [claim.claim for claim in wrapped.values()]
+        )
+        return [wrapped[id(claim)] for claim in lost]
+
     async def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back expired claims (see `FileStore.recover`)."""
         return await asyncio.to_thread(self.store.recover, older_than)

@@ -25,6 +25,7 @@ from filespool.errors import (
     InvalidFolder,
     InvalidMode,
     InvalidName,
+    LeaseLost,
     NotFound,
     PartialDelivery,
 )
@@ -244,6 +245,26 @@ class FileStore:
             for taken in pool.map(lambda _: claim_in_turn(), range(window)):
                 claims.extend(taken)
         return claims
+
+    def ack_many(self, claims: Iterable[Claim]) -> builtins.list[Claim]:
+        """Ack each claim (`Backend.concurrency` at a time); return the claims whose lease
+        was lost (their `ack` raised `LeaseLost`: another claim holds the file now)."""
+
+        def ack(claim: Claim) -> Claim | None:
+            try:
+                claim.ack()
+            except LeaseLost:
+                return claim
+            return None
+
+        batch = builtins.list(claims)
+        window = min(self.backend.concurrency, len(batch))
+        if window <= 1:
+            results = builtins.list(map(ack, batch))
+        else:
+            with ThreadPoolExecutor(max_workers=window) as pool:
+                results = builtins.list(pool.map(ack, batch))
+        return [claim for claim in results if claim is not None]
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in

@@ -70,6 +70,19 @@ class QueueContract(StoreContract):
         with pytest.raises(ValueError, match="at least 1"):
             prepared.claim_many(0)
 
+    def test_ack_many_acks_each_and_returns_the_lost(self, prepared: FileStore) -> None:
+        """`ack_many` acks every claim it can; claims whose lease was lost are returned,
+        and the later claims of their files are left alone."""
+        for i in range(4):
+            prepared.deliver(str(i))
+        stale = prepared.claim_many(4)
+        prepared.recover(older_than=0)  # every lease ran out: all four are back in new/
+        later = prepared.claim_many(4)
+        assert sorted(prepared.ack_many(stale)) == sorted(stale)
+        assert len(prepared.names("cur")) == 4
+        assert prepared.ack_many(later) == []
+        assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
+
     def test_claim_passes_over_a_name_already_in_cur(self, prepared: FileStore) -> None:
         """A name already in `cur/` is not claimed again."""
         prepared.deliver(b"x", "twice")
