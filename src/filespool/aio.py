@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-import time
 from collections.abc import Iterable
 from datetime import timedelta
 from types import TracebackType
@@ -25,7 +24,7 @@ from typing import Any
 from filespool.backends.base import Backend
 from filespool.errors import LeaseLost
 from filespool.queue import Claim, Record, Recovery
-from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats
+from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, poll_pauses
 
 
 class AsyncClaim(str):
@@ -116,18 +115,12 @@ class AsyncFileStore:
         """Claim a file (see `FileStore.claim`); with `wait`, poll with backoff until one
         arrives or the time is up, sleeping without holding the loop."""
         claimed = await asyncio.to_thread(self.store.claim)
-        if claimed is not None or wait is None:
-            return None if claimed is None else AsyncClaim(claimed)
-        deadline = time.monotonic() + wait
-        pause = 0.001
-        while claimed is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.25)
-            claimed = await asyncio.to_thread(self.store.claim)
-        return AsyncClaim(claimed)
+        if claimed is None and wait is not None:
+            for pause in poll_pauses(wait):
+                await asyncio.sleep(pause)
+                if (claimed := await asyncio.to_thread(self.store.claim)) is not None:
+                    break
+        return None if claimed is None else AsyncClaim(claimed)
 
     async def claim_many(self, count: int) -> builtins.list[AsyncClaim]:
         """Claim up to `count` files (see `FileStore.claim_many`)."""

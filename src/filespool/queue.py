@@ -114,7 +114,7 @@ class Claim(str):
             raise InvalidMode(f"mode {mode!r} is not supported here; use r or rb")
         with self.queue.holding(self):
             file = self.queue.backend.open("cur", self.file_name)
-        return file if mode == "rb" else io.TextIOWrapper(file, encoding="utf-8")
+        return file_in_mode(file, mode, self.path)
 
     def ack(self) -> None:
         """Done: remove the file from `cur/`, and the queue's record of the message."""
@@ -565,3 +565,33 @@ def _lease_lost(claim: Claim) -> LeaseLost:
         " no longer holds the file: its lease expired and it was taken back, or it was "
         "finished already; stop working on it"
     )
+
+
+def file_in_mode(file: BinaryIO, mode: str, path: str) -> TextIO | BinaryIO:
+    """`file` (binary) in `mode` (`"r"`/`"w"` for UTF-8 text), with `name` (its full path,
+    `path`) and `mode` as `open()` gives them."""
+    if "b" not in mode:
+        return _TextFile(file, path, mode)
+    for attribute, value in (("name", path), ("mode", mode)):
+        if not hasattr(file, attribute):
+            setattr(file, attribute, value)  # a backend's in-memory file: it can take them
+    return file
+
+
+class _TextFile(io.TextIOWrapper):
+    """A UTF-8 text file of the store, with `name` and `mode` as `open()`'s has them."""
+
+    def __init__(self, buffer: BinaryIO, path: str, mode: str) -> None:
+        super().__init__(buffer, encoding="utf-8")
+        self._path = path
+        self._mode = mode
+
+    @property
+    def name(self) -> str:
+        """The file's full path, as `FileStore.list()` gives it."""
+        return self._path
+
+    @property
+    def mode(self) -> str:
+        """The mode it was opened in: `"w"` or `"r"`."""
+        return self._mode

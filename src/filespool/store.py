@@ -8,10 +8,9 @@ concrete backend.
 from __future__ import annotations
 
 import builtins
-import io
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +29,7 @@ from filespool.errors import (
     PartialDelivery,
 )
 from filespool.names import unique_name, validate_file_name, validate_name
-from filespool.queue import Claim, Queue, Record, Recovery
+from filespool.queue import Claim, Queue, Record, Recovery, file_in_mode
 
 FOLDERS = (STAGING_FOLDER, "new", "cur", "failed")
 """The store's folders: `tmp` (being written), `new` (published), `cur`
@@ -140,7 +139,7 @@ class FileStore:
         _check_mode(mode, ("w", "wb"))
         bare = self._bare_name(name, STAGING_FOLDER)
         file = self.backend.create(STAGING_FOLDER, bare)
-        return _as_mode(file, mode, f"{self.backend.folder_path(STAGING_FOLDER)}/{bare}")
+        return file_in_mode(file, mode, f"{self.backend.folder_path(STAGING_FOLDER)}/{bare}")
 
     def list(self, folder: str) -> list[str]:
         """Sorted full path names of the files in `folder`.
@@ -190,7 +189,7 @@ class FileStore:
         _check_mode(mode, ("r", "rb"))
         bare = self._bare_name(name, folder)
         file = self.backend.open(folder, bare)
-        return _as_mode(file, mode, f"{self.backend.folder_path(folder)}/{bare}")
+        return file_in_mode(file, mode, f"{self.backend.folder_path(folder)}/{bare}")
 
     def exists(self, name: Name, folder: str) -> bool:
         """Whether `folder` has a file of that name."""
@@ -317,16 +316,11 @@ class FileStore:
         claimed = self._queue.claim()
         if claimed is not None or wait is None:
             return claimed
-        deadline = time.monotonic() + wait
-        pause = 0.001
-        while claimed is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.25)
-            claimed = self._queue.claim()
-        return claimed
+        for pause in poll_pauses(wait):
+            time.sleep(pause)
+            if (claimed := self._queue.claim()) is not None:
+                return claimed
+        return None
 
     def read(self, name: Name, folder: str) -> bytes:
         """A file's whole content."""
@@ -450,33 +444,14 @@ def _check_mode(mode: object, allowed: tuple[str, ...]) -> None:
         raise InvalidMode(f"mode {mode!r} is not supported here; use one of {', '.join(allowed)}")
 
 
-def _as_mode(file: BinaryIO, mode: str, path: str) -> TextIO | BinaryIO:
-    """The file in `mode`, with `name` (its full path) and `mode` as `open()` gives them."""
-    if "b" not in mode:
-        return _TextFile(file, path, mode)
-    for attribute, value in (("name", path), ("mode", mode)):
-        if not hasattr(file, attribute):
-            setattr(file, attribute, value)  # a backend's in-memory file: it can take them
-    return file
-
-
-class _TextFile(io.TextIOWrapper):
-    """A UTF-8 text file of the store, with `name` and `mode` as `open()`'s has them."""
-
-    def __init__(self, buffer: BinaryIO, path: str, mode: str) -> None:
-        super().__init__(buffer, encoding="utf-8")
-        self._path = path
-        self._mode = mode
-
-    @property
-    def name(self) -> str:
-        """The file's full path, as `list()` gives it."""
-        return self._path
-
-    @property
-    def mode(self) -> str:
-        """The mode it was opened in: `"w"` or `"r"`."""
-        return self._mode
+def poll_pauses(wait: float) -> Iterator[float]:
+    """The pauses of a poll that gives up after `wait` seconds: from 1 ms, doubling up to
+    0.25 s, the last one cut short at the deadline."""
+    deadline = time.monotonic() + wait
+    pause = 0.001
+    while (remaining := deadline - time.monotonic()) > 0:
+        yield min(pause, remaining)
+        pause = min(pause * 2, 0.25)
 
 
 def _as_bytes(data: object) -> bytes:

@@ -107,6 +107,7 @@ class QueueContract(StoreContract):
         assert claim.path == prepared.list("cur")[0]
         assert claim.read() == b"payload"
         with claim.open("r") as file:
+            assert (file.name, file.mode) == (claim.path, "r")
             assert file.read() == "payload"
 
     def test_ack_removes_the_claim(self, prepared: FileStore) -> None:
