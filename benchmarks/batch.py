@@ -6,7 +6,7 @@ directory fsync filespool also makes (the floor that does the same flushes),
 ``FileStore.deliver`` one message at a time, and ``FileStore.deliver_many`` in
 batches of ``BATCH``. Rates are deliveries per second, wall time, with process CPU
 time beside it; ratios are to the floor of the same repetition. Every message is then
-read back once to check that each arrived whole.
+claimed and read once, to check that each arrived whole.
 """
 
 from __future__ import annotations
@@ -16,31 +16,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from common import Place, Samples, check_exactly_once, payloads, remove_tree, rotate, table
-from contenders import FloorDirectorySync
-
-from filespool import FileStore
+from contenders import Filespool, FloorDirectorySync
 
 BATCH = 100
 
 
-class PerMessage:
+class PerMessage(Filespool):
     name = "filespool deliver"
     note = "FileStore.deliver, durable, one at a time"
 
-    def __init__(self, directory: str) -> None:
-        self.store = FileStore(directory, durable=True)
-        self.store.prepare()
 
-    def deliver_all(self, messages: Sequence[bytes]) -> None:
-        deliver = self.store.deliver
-        for data in messages:
-            deliver(data)
-
-    def read_all(self) -> list[bytes]:
-        return [self.store.read(name, "new") for name in self.store.names("new")]
-
-
-class Batches(PerMessage):
+class Batches(Filespool):
     name = f"filespool deliver_many ({BATCH})"
     note = f"FileStore.deliver_many, durable, {BATCH} per batch"
 
@@ -49,21 +35,7 @@ class Batches(PerMessage):
             self.store.deliver_many(messages[start : start + BATCH])
 
 
-class Floor:
-    name = "floor + dir fsync"
-    note = "per message: O_EXCL create+write+fsync+close, renameat2 to new/, fsync new/"
-
-    def __init__(self, directory: str) -> None:
-        self.floor = FloorDirectorySync(directory, durable=True)
-
-    def deliver_all(self, messages: Sequence[bytes]) -> None:
-        self.floor.deliver_all(messages)
-
-    def read_all(self) -> list[bytes]:
-        return self.floor.claim_all()
-
-
-CONTENDERS = (Floor, PerMessage, Batches)
+CONTENDERS = (FloorDirectorySync, PerMessage, Batches)
 
 
 def run(config: Any, log: Any) -> dict[str, Any]:
@@ -83,7 +55,9 @@ def run(config: Any, log: Any) -> dict[str, Any]:
             for contender, rate in rates.items():
                 for clock in ("wall", "cpu"):
                     samples[contender].add(clock, rate[clock])
-                    samples[contender].add(f"{clock} vs floor", rate[clock] / rates[Floor][clock])
+                    samples[contender].add(
+                        f"{clock} vs floor", rate[clock] / rates[FloorDirectorySync][clock]
+                    )
         for contender in CONTENDERS:
             rows.append(
                 {
@@ -104,11 +78,12 @@ _METRICS = ("wall", "cpu", "wall vs floor", "cpu vs floor")
 def _deliver(contender: Any, place: Place, messages: Sequence[bytes]) -> dict[str, float]:
     directory = place.fresh("batch")
     try:
-        instance = contender(directory)
+        instance = contender(directory, durable=True)
         wall, cpu = time.perf_counter(), time.process_time()
         instance.deliver_all(messages)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        problem = check_exactly_once(instance.read_all(), len(messages))
+        problem = check_exactly_once(instance.claim_all(), len(messages))
+        instance.close()
         if problem:
             raise AssertionError(f"{contender.name}: {problem}")
     finally:
