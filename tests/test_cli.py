@@ -475,16 +475,22 @@ def test_a_killed_worker_takes_its_commands_with_it(spool: str, tmp_path: Path) 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    command = int(pid_file.read_text())
+    command = _pid_written_to(pid_file)
     worker.kill()  # SIGKILL: no handler runs
     worker.wait()
+    deadline = time.monotonic() + 60
     while _alive(command):
         assert time.monotonic() < deadline, "the command outlived its worker"
         time.sleep(0.02)
+
+
+def _pid_written_to(pid_file: Path) -> int:
+    """The process id a command wrote into `pid_file`, once it has."""
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+    return int(pid_file.read_text())
 
 
 def _alive(pid: int) -> bool:
@@ -581,14 +587,11 @@ def test_a_command_whose_lease_is_lost_is_stopped(spool: str, tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    command = _pid_written_to(pid_file)
     assert store.recover(older_than=0).returned == [name]  # taken over while it runs
     stdout, stderr = worker.communicate(timeout=60)
     assert worker.returncode == 0, stderr
-    assert not _alive(int(pid_file.read_text()))
+    assert not _alive(command)
     events = [json.loads(line) for line in stdout.decode().splitlines()]
     assert [(e["name"], e["status"]) for e in events[:-1]] == [(name, "lost"), (name, "acked")]
 
