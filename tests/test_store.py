@@ -230,3 +230,25 @@ def test_a_partial_delivery_says_which_messages_were_delivered() -> None:
     assert "1 of 3 messages were not delivered" in str(raised.value)
     with pytest.raises(AlreadyExists):  # nothing delivered: the error itself
         store.deliver_many([b"refused"])
+
+
+class _FailingRemoveBackend(MemoryBackend):
+    """A memory backend whose storage fails to remove the file of the message `broken`."""
+
+    def remove(self, folder: str, name: str) -> None:
+        if name == "broken":
+            raise OSError("the storage failed")
+        super().remove(folder, name)
+
+
+def test_an_error_in_a_bulk_ack_comes_after_every_other_claim_was_acked() -> None:
+    """`ack_many` acks every claim it can before it raises another claim's error: one
+    storage failure does not leave the rest of the batch claimed."""
+    store = FileStore(_FailingRemoveBackend(f"bulk-{uuid.uuid4().hex}"))
+    store.prepare()
+    for name in ("a", "broken", "c", "d"):
+        store.deliver(name.encode(), name)
+    claims = store.claim_many(4)
+    with pytest.raises(OSError, match="the storage failed"):
+        store.ack_many(claims)
+    assert store.names("cur") == ["broken"]

@@ -135,6 +135,20 @@ class AsyncFileStore:
         )
         return [wrapped[id(claim)] for claim in lost]
 
+    async def release_many(
+        self, claims: Iterable[AsyncClaim], reason: str | None = None, *, attempt: bool = True
+    ) -> builtins.list[AsyncClaim]:
+        """Give each claim back (see `FileStore.release_many`); return those whose lease
+        was lost."""
+        wrapped = {id(claim.claim): claim for claim in claims}
+        lost = await asyncio.to_thread(
+            self.store.release_many,
+            [claim.claim for claim in wrapped.values()],
+            reason,
+            attempt=attempt,
+        )
+        return [wrapped[id(claim)] for claim in lost]
+
     async def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back expired claims (see `FileStore.recover`)."""
         return await asyncio.to_thread(self.store.recover, older_than)

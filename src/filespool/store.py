@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -248,22 +248,44 @@ class FileStore:
     def ack_many(self, claims: Iterable[Claim]) -> builtins.list[Claim]:
         """Ack each claim (`Backend.concurrency` at a time); return the claims whose lease
         was lost (their `ack` raised `LeaseLost`: another claim holds the file now)."""
+        return self._each_claim(claims, Claim.ack)
 
-        def ack(claim: Claim) -> Claim | None:
+    def release_many(
+        self, claims: Iterable[Claim], reason: str | None = None, *, attempt: bool = True
+    ) -> builtins.list[Claim]:
+        """Give each claim back as `release` does (`Backend.concurrency` at a time); return
+        the claims whose lease was lost. `store.record(name)` says where a message went."""
+        return self._each_claim(claims, lambda claim: claim.release(reason, attempt=attempt))
+
+    def _each_claim(
+        self, claims: Iterable[Claim], finish: Callable[[Claim], object]
+    ) -> builtins.list[Claim]:
+        """Apply `finish` to every claim, concurrently where requests wait on a network;
+        return the claims it raised `LeaseLost` for. Another error is raised once every
+        claim had its turn."""
+
+        def apply(claim: Claim) -> BaseException | None:
             try:
-                claim.ack()
-            except LeaseLost:
-                return claim
+                finish(claim)
+            except Exception as error:  # raised below, once every claim had its turn
+                return error
             return None
 
         batch = builtins.list(claims)
         window = min(self.backend.concurrency, len(batch))
         if window <= 1:
-            results = builtins.list(map(ack, batch))
+            errors = builtins.list(map(apply, batch))
         else:
             with ThreadPoolExecutor(max_workers=window) as pool:
-                results = builtins.list(pool.map(ack, batch))
-        return [claim for claim in results if claim is not None]
+                errors = builtins.list(pool.map(apply, batch))
+        for error in errors:
+            if error is not None and not isinstance(error, LeaseLost):
+                raise error
+        return [
+            claim
+            for claim, error in zip(batch, errors, strict=True)
+            if isinstance(error, LeaseLost)
+        ]
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in

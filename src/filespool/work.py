@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ class WorkPool:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop_requested = False
+        self._batches = _Batches(store, idle=self._idle_workers)
+
+    def _idle_workers(self) -> int:
+        with self._lock:
+            return self.jobs - self.tally.running
 
     def run(self) -> Tally:
         """Work until stopped (or, with `once`, until no file is waiting or running)."""
@@ -137,6 +143,9 @@ class WorkPool:
                 with suppress(FileStoreError):
                     self.store.recover(older_than=self.lease)
                 next_recovery = time.monotonic() + self.lease / 2
+        # Claims taken for workers that stopped before they started them: no try made.
+        with suppress(FileStoreError):
+            self.store.release_many(self._batches.untouched(), attempt=False)
         if self.error is not None:
             raise self.error
         return self.tally
@@ -158,7 +167,7 @@ class WorkPool:
 
     def _work(self) -> None:
         while not self.stopping.is_set():
-            claim = self.store.claim()
+            claim = self._batches.claim()
             if claim is None:
                 with self._lock:
                     idle = self.tally.running == 0
@@ -190,7 +199,7 @@ class WorkPool:
                 with _input_for(claim, self.command) as (arguments, stdin, kept):
                     returncode, reason = self._run(claim, arguments, stdin, kept, attempt, streams)
                 if returncode == 0 and reason is None:
-                    claim.ack()
+                    self._batches.ack(claim)
                     status = "acked"
                 elif reason == "aborted":
                     claim.release(reason, attempt=False)
@@ -257,6 +266,67 @@ class WorkPool:
             if time.monotonic() >= renew_at:
                 claim.extend()  # LeaseLost if a recoverer took the file already
                 renew_at = time.monotonic() + self.lease / 3
+
+
+class _Batches:
+    """Claims taken for all idle workers at once, and acks made together: on a network
+    store a batch's requests are in flight at once (`claim_many`, `ack_many`).
+
+    A worker that needs a claim when none is waiting takes one for every idle worker. A
+    worker that acks while an ack is under way leaves its claim to the next round of
+    that one (combining: no ack waits for a batch to fill up).
+    """
+
+    def __init__(self, store: FileStore, *, idle: Callable[[], int]) -> None:
+        self.store = store
+        self._idle = idle
+        self._taken: deque[Claim] = deque()
+        self._taking = threading.Lock()
+        self._acking = threading.Lock()
+        self._lock = threading.Lock()
+        self._to_ack: list[Claim] = []
+        self._acked: dict[int, BaseException | None] = {}  # by id(claim), until fetched
+
+    def claim(self) -> Claim | None:
+        """A claim for this worker: taken now, with those of the other idle workers."""
+        with self._taking:
+            if not self._taken:
+                self._taken.extend(self.store.claim_many(max(1, self._idle())))
+            return self._taken.popleft() if self._taken else None
+
+    def untouched(self) -> list[Claim]:
+        """The claims taken that no worker started (the run stopped first)."""
+        with self._taking:
+            left = list(self._taken)
+            self._taken.clear()
+            return left
+
+    def ack(self, claim: Claim) -> None:
+        """Ack `claim` together with the others finishing now; `LeaseLost` if its lease
+        was lost."""
+        with self._lock:
+            self._to_ack.append(claim)
+        with self._acking:
+            with self._lock:
+                batch, self._to_ack = self._to_ack, []
+            if batch:
+                self._ack_all(batch)
+        with self._lock:
+            error = self._acked.pop(id(claim))
+        if error is not None:
+            raise error
+
+    def _ack_all(self, batch: list[Claim]) -> None:
+        results: dict[int, BaseException | None] = dict.fromkeys(map(id, batch))
+        try:
+            for lost in self.store.ack_many(batch):
+                results[id(lost)] = LeaseLost(
+                    f"the claim of {lost.name!r} no longer holds its file"
+                )
+        except Exception as error:  # each worker of the batch raises it
+            results = dict.fromkeys(results, error)
+        with self._lock:
+            self._acked.update(results)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:

@@ -83,6 +83,28 @@ class QueueContract(StoreContract):
         assert prepared.ack_many(later) == []
         assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
 
+    def test_release_many_gives_each_back_and_returns_the_lost(self, prepared: FileStore) -> None:
+        """`release_many` gives back every claim it can, counting a try (or not, with
+        `attempt=False`) and keeping the reason; claims whose lease was lost are returned,
+        and the later claims of their files are left alone."""
+        prepared.max_attempts = 2
+        for i in range(4):
+            prepared.deliver(str(i))
+        first = prepared.claim_many(4)
+        assert prepared.release_many(first, "tried once") == []
+        waiting = sorted(split_file_name(name)[0] for name in prepared.names("new"))
+        assert waiting == sorted(claim.name for claim in first)
+        assert {prepared.record(claim.name).reason for claim in first} == {"tried once"}
+        second = prepared.claim_many(4)
+        assert prepared.release_many(second[:2], attempt=False) == []
+        assert prepared.release_many(second[2:], "twice") == []
+        assert len(prepared.names("new")) == len(prepared.names("failed")) == 2
+        stale = prepared.claim_many(2)
+        prepared.recover(older_than=0)
+        later = prepared.claim_many(2)
+        assert sorted(prepared.release_many(stale)) == sorted(stale)
+        assert sorted(prepared.names("cur")) == sorted(claim.file_name for claim in later)
+
     def test_claim_passes_over_a_name_already_in_cur(self, prepared: FileStore) -> None:
         """A name already in `cur/` is not claimed again."""
         prepared.deliver(b"x", "twice")
