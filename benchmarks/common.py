@@ -21,7 +21,9 @@ from typing import Any
 from filespool.demo import ExactlyOnce
 
 MESSAGE_SIZE = 1024
-PHASES = ("deliver", "claim", "round trip")
+PHASES = ("deliver", "claim", "round trip", "round trip CPU")
+"""Rates (messages per second) of a round trip: wall time per phase and in all, and the
+process CPU time of the whole (steadier than wall time under other tenants' load)."""
 
 
 def payloads(count: int) -> list[bytes]:
@@ -126,13 +128,16 @@ def measure_round_trip(contender: Any, messages: Sequence[bytes]) -> tuple[dict[
 
     Returns messages per second for each of ``PHASES``, and what ``claim_all`` returned.
     """
+    cpu = time.process_time()
     deliver_seconds, _ = timed(partial(contender.deliver_all, messages))
     claim_seconds, found = timed(contender.claim_all)
+    cpu = time.process_time() - cpu
     count = len(messages)
     rates = {
         "deliver": count / deliver_seconds,
         "claim": count / claim_seconds,
         "round trip": count / (deliver_seconds + claim_seconds),
+        "round trip CPU": count / max(cpu, 1e-9),
     }
     return rates, found
 
@@ -178,6 +183,10 @@ def round_trip_row(
         "note": contender.note,
         "msg_per_s": {phase: samples[contender].median(phase) for phase in PHASES},
         "vs_floor": {phase: ratios[contender].median(phase) for phase in PHASES},
+        "vs_floor_range": {
+            phase: (min(ratios[contender].values[phase]), max(ratios[contender].values[phase]))
+            for phase in PHASES
+        },
         "samples": samples[contender].values,
     }
 

@@ -3,7 +3,9 @@
 For each place (disk, tmpfs) and durability mode, every contender of that mode
 runs the same workload in a fresh directory, interleaved: repetition r runs
 the contenders in an order rotated by r. Ratios to the floor are taken within
-each repetition (same minute, same machine load), then the median is reported.
+each repetition (same minute, same machine load), then the median is reported, with
+the range of the ratios; the ratio of process CPU time (steadier than wall time when
+other tenants load the machine) stands beside it.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ ROUND_TRIP_COLUMNS = [
     ("claim/s", ">9.0f", lambda row: row["msg_per_s"]["claim"]),
     ("round/s", ">9.0f", lambda row: row["msg_per_s"]["round trip"]),
     ("vs floor", ">8.0%", lambda row: row["vs_floor"]["round trip"]),
+    ("range", ">9", lambda row: "{:.0%}-{:.0%}".format(*row["vs_floor_range"]["round trip"])),
+    ("CPU vs floor", ">12.0%", lambda row: row["vs_floor"]["round trip CPU"]),
 ]
 """The columns of a round-trip table after the contender's name and N."""
 

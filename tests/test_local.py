@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -385,3 +387,51 @@ def test_a_take_over_stalled_while_the_worker_acks_leaves_no_copy(
     pause.resume()
     assert result == [Recovery([], [])]
     assert [store.names(folder) for folder in ("new", "cur", "failed")] == [[], [], []]
+
+
+def test_a_spool_removed_and_made_again_is_used_at_once(tmp_path: Path) -> None:
+    """The backend holds its folders open; a delivery into a spool removed and prepared
+    anew meanwhile lands in the new spool (not in the removed folder, where it would be
+    lost), and so does a claim within a second."""
+    root = tmp_path / "spool"
+    store = FileStore(root)
+    store.prepare()
+    store.deliver(b"before")
+    shutil.rmtree(root)
+    FileStore(root).prepare()
+    name = store.deliver(b"after")
+    assert os.listdir(root / "new") == [name]
+    store.backend._next_check = 0.0  # type: ignore[attr-defined]  # a second has passed
+    claim = store.claim()
+    assert claim == name
+    assert claim.read() == b"after"
+
+
+def test_a_spool_renamed_away_is_left_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool renamed away and made again: once a second has passed, deliveries go to the
+    folder at the spool's path."""
+    root = tmp_path / "spool"
+    store = FileStore(root)
+    store.prepare()
+    store.deliver(b"before")
+    os.rename(root, tmp_path / "old")
+    FileStore(root).prepare()
+    clock = time.monotonic() + 2
+    monkeypatch.setattr(local.time, "monotonic", lambda: clock)
+    name = store.deliver(b"after")
+    assert os.listdir(root / "new") == [name]
+
+
+def test_a_backend_closes_its_folders_when_collected(tmp_path: Path) -> None:
+    """The folders' descriptors go with the backend: many short-lived stores leak none."""
+    FileStore(tmp_path).prepare()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        store = FileStore(tmp_path)
+        store.deliver(b"x")
+        store.claim().ack()  # type: ignore[union-attr]
+        del store
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -8,6 +8,9 @@ import os
 import shutil
 import stat
 import sys
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO
@@ -22,13 +25,13 @@ from filespool.errors import (
 )
 from filespool.names import staging_name, unique_name
 
-_AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 # Errors by which a filesystem says "this rename flag (or link) is not supported here".
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 _SYNC_FILE_RANGE_WRITE = 2
+_FIRST_READ = 65536  # a larger first read would allocate (and free) more for small files
 
 
 def _load_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -58,6 +61,12 @@ class LocalBackend(Backend):
     for an instant the file has both names, and a crash between the two calls
     leaves it in both folders. If neither method works a move raises
     `ExclusiveMoveUnavailable`; it never overwrites.
+
+    The folders are opened once and the hot calls are made relative to them (`openat`,
+    `renameat2`, `unlinkat`): the kernel then walks no path but the file's name. A
+    folder's path is compared with its descriptor once a second, so a spool removed and
+    made again is found within a second; one renamed away keeps this process's files
+    until then.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, private: bool = False) -> None:
@@ -70,6 +79,24 @@ class LocalBackend(Backend):
         self._use_renameat2 = _renameat2 is not None
         # Folders seen to exist: a missing file in them is then NotFound without a stat.
         self._present: set[str] = set()
+        self._open_descriptors()
+
+    def _open_descriptors(self) -> None:
+        self._descriptors: dict[str, int] = {}  # of the folders, opened on first use
+        self._replaced: list[int] = []  # of folders replaced since: another thread may use one
+        self._descriptor_lock = threading.Lock()
+        self._next_check = 0.0
+        weakref.finalize(self, _close_all, self._descriptors, self._replaced)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for per_process in ("_descriptors", "_replaced", "_descriptor_lock", "_next_check"):
+            del state[per_process]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_descriptors()
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.root!r})"
@@ -84,6 +111,44 @@ class LocalBackend(Backend):
     def _path(self, folder: str, name: str) -> str:
         return f"{self.root}/{folder}/{name}"  # folder and name are validated: nothing to join
 
+    def _folder(self, folder: str) -> int:
+        """The descriptor of `folder`; `NotPrepared` if there is no such folder."""
+        try:
+            return self._descriptors[folder]
+        except KeyError:
+            return self._open_folder(folder)
+
+    def _open_folder(self, folder: str) -> int:
+        with self._descriptor_lock:
+            if folder in self._descriptors:
+                return self._descriptors[folder]
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            try:
+                descriptor = os.open(self.folder_path(folder), flags)
+            except (FileNotFoundError, NotADirectoryError):
+                self._present.discard(folder)
+                self._check_prepared(folder)
+                raise
+            self._descriptors[folder] = descriptor
+            return descriptor
+
+    def _check_descriptors(self) -> None:
+        """Let go of the descriptors of folders that are no longer at their paths (looked
+        at once a second, by deliveries and listings: a claimer lists between batches)."""
+        if time.monotonic() < self._next_check:
+            return
+        with self._descriptor_lock:
+            self._next_check = time.monotonic() + 1.0
+            for folder, descriptor in list(self._descriptors.items()):
+                held = os.fstat(descriptor)
+                try:
+                    found = os.stat(self.folder_path(folder))
+                except OSError:
+                    found = None
+                if found is None or (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
+                    self._present.discard(folder)
+                    self._replaced.append(self._descriptors.pop(folder))
+
     def create_folders(self, folders: Iterable[str]) -> None:
         for path in (self.root, *map(self.folder_path, folders)):
             try:
@@ -97,6 +162,7 @@ class LocalBackend(Backend):
         return list(self.iter_names(folder))
 
     def iter_names(self, folder: str) -> Iterator[str]:
+        self._check_descriptors()
         with self._errors(folder):
             entries = os.scandir(self.folder_path(folder))  # here, so NotPrepared comes now
         return _regular_files(entries)
@@ -145,11 +211,15 @@ class LocalBackend(Backend):
 
     def read(self, folder: str, name: str) -> bytes:
         try:
-            descriptor = os.open(self._path(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+            descriptor = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._folder(folder))
         except FileNotFoundError:
             raise self._missing(folder, name) from None
         try:
-            chunks = []
+            # A regular file reads short only at its end: most messages take one read.
+            first = os.read(descriptor, _FIRST_READ)
+            if len(first) < _FIRST_READ:
+                return first
+            chunks = [first]
             while chunk := os.read(descriptor, 1 << 20):
                 chunks.append(chunk)
         finally:
@@ -171,8 +241,8 @@ class LocalBackend(Backend):
         descriptors: list[int] = []
         try:
             for _, data in items:
-                path, descriptor = self._create_staged()
-                staged.append(path)
+                stage, descriptor = self._create_staged()
+                staged.append(stage)
                 descriptors.append(descriptor)
                 _write_all(descriptor, data)
                 if durable:
@@ -181,27 +251,27 @@ class LocalBackend(Backend):
                 for descriptor in descriptors:
                     os.fsync(descriptor)
         except BaseException:
-            for path in staged:
-                os.unlink(path)
+            for stage in staged:
+                self._unstage(stage)
             raise
         finally:
             for descriptor in descriptors:
                 os.close(descriptor)
         results: list[bool | FileStoreError] = []
-        for index, ((name, _), path) in enumerate(zip(items, staged, strict=True)):
+        for index, ((name, _), stage) in enumerate(zip(items, staged, strict=True)):
             try:
-                self._move_path(path, folder, name, source_folder=STAGING_FOLDER)
+                self._move(STAGING_FOLDER, stage, folder, name)
             except FileStoreError as error:
-                os.unlink(path)
+                self._unstage(stage)
                 results.append(error)
             except BaseException:
                 for unpublished in staged[index:]:
-                    os.unlink(unpublished)
+                    self._unstage(unpublished)
                 raise
             else:
                 results.append(False)
         if durable and False in results:
-            _fsync_directory(self.folder_path(folder))
+            os.fsync(self._folder(folder))
         return results
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
@@ -210,32 +280,35 @@ class LocalBackend(Backend):
         self._publish(staged, destination, name, durable=durable)
 
     def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
-        self._move_path(
-            self._path(source, name), destination, new_name or name, source_folder=source
-        )
+        self._move(source, name, destination, new_name or name)
 
     def remove(self, folder: str, name: str) -> None:
         try:
-            os.unlink(self._path(folder, name))
+            os.unlink(name, dir_fd=self._folder(folder))
         except FileNotFoundError:
             raise self._missing(folder, name) from None
 
     def discard(self, folder: str, name: str) -> None:
         try:  # noqa: SIM105 - on every ack: a bare try is cheaper than contextlib.suppress
-            os.unlink(self._path(folder, name))
-        except FileNotFoundError:
+            os.unlink(name, dir_fd=self._folder(folder))
+        except (FileNotFoundError, NotPrepared):
             pass  # no file, or no folder: nothing to do
 
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
         staged = self._stage_bytes(data, durable=durable)
         try:
             with self._errors(folder, name):
-                os.replace(staged, self._path(folder, name))
+                os.replace(
+                    staged,
+                    name,
+                    src_dir_fd=self._folder(STAGING_FOLDER),
+                    dst_dir_fd=self._folder(folder),
+                )
         except BaseException:
-            os.unlink(staged)
+            self._unstage(staged)
             raise
         if durable:
-            _fsync_directory(self.folder_path(folder))
+            os.fsync(self._folder(folder))
 
     def same_file(self, first: str, second: str, name: str) -> bool:
         try:
@@ -243,23 +316,32 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return False
 
-    def _create_staged(self) -> tuple[str, int]:
-        """Create a new hidden file in the staging folder; return its path and descriptor."""
+    def _create_staged(self, *, again: bool = False) -> tuple[str, int]:
+        """Create a new hidden file in the staging folder; return its name and descriptor."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        path = self._path(STAGING_FOLDER, f".stage.{staging_name()}")
+        self._check_descriptors()
+        staging = self._folder(STAGING_FOLDER)
+        name = f".stage.{staging_name()}"
         try:
             try:
-                return path, os.open(path, flags, self._file_mode)
+                return name, os.open(name, flags, self._file_mode, dir_fd=staging)
             except FileExistsError:
                 # Left by an earlier process with our id, or made by a host with our name
                 # sharing this folder: a fully unique name settles it.
-                path = self._path(STAGING_FOLDER, f".stage.{unique_name()}")
-                return path, os.open(path, flags, self._file_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(STAGING_FOLDER, os.path.basename(path)) from None
+                name = f".stage.{unique_name()}"
+                return name, os.open(name, flags, self._file_mode, dir_fd=staging)
+        except FileNotFoundError:  # the folder was removed since it was opened
+            self._next_check = 0.0
+            self._check_descriptors()
+            if not again and STAGING_FOLDER not in self._descriptors:  # made anew, perhaps
+                return self._create_staged(again=True)
+            raise self._missing(STAGING_FOLDER, name) from None
+
+    def _unstage(self, name: str) -> None:
+        os.unlink(name, dir_fd=self._folder(STAGING_FOLDER))
 
     def _stage(self, write: Callable[[BinaryIO], object], *, durable: bool) -> str:
-        """Write a hidden file in the staging folder; return its path."""
+        """Write a hidden file in the staging folder; return its name."""
         path, descriptor = self._create_staged()
         try:
             with open(descriptor, "wb") as file:
@@ -268,57 +350,63 @@ class LocalBackend(Backend):
                     file.flush()
                     os.fsync(file.fileno())
         except BaseException:
-            os.unlink(path)
+            self._unstage(path)
             raise
         return path
 
     def _stage_bytes(self, data: bytes, *, durable: bool) -> str:
         """`_stage` for bytes, with plain system calls: deliveries are mostly this."""
-        path, descriptor = self._create_staged()
+        stage, descriptor = self._create_staged()
         try:
             _write_all(descriptor, data)
             if durable:
                 os.fsync(descriptor)
         except BaseException:
             os.close(descriptor)
-            os.unlink(path)
+            self._unstage(stage)
             raise
         os.close(descriptor)
-        return path
+        return stage
 
     def _publish(self, staged: str, folder: str, name: str, *, durable: bool) -> None:
         try:
-            self._move_path(staged, folder, name, source_folder=STAGING_FOLDER)
+            self._move(STAGING_FOLDER, staged, folder, name)
         except BaseException:
-            os.unlink(staged)
+            self._unstage(staged)
             raise
         if durable:
-            _fsync_directory(self.folder_path(folder))
+            os.fsync(self._folder(folder))  # the new name made durable
 
-    def _move_path(self, source: str, folder: str, name: str, *, source_folder: str) -> None:
-        target = self._path(folder, name)
+    def _move(self, source_folder: str, source: str, folder: str, name: str) -> None:
+        """Move `source_folder/source` to `folder/name`, never over an existing file."""
         if self._use_renameat2:
             # Inline, with no context manager: a claim is mostly this call, and so is a lost race.
             assert _renameat2 is not None
             if not _renameat2(
-                _AT_FDCWD,
+                self._folder(source_folder),
                 source.encode(_FS_ENCODING, _FS_ERRORS),  # what os.fsencode does, minus a call
-                _AT_FDCWD,
-                target.encode(_FS_ENCODING, _FS_ERRORS),
+                self._folder(folder),
+                name.encode(_FS_ENCODING, _FS_ERRORS),
                 _RENAME_NOREPLACE,
             ):
                 return
             code = ctypes.get_errno()
             if code == errno.ENOENT:
-                raise self._missing(source_folder, os.path.basename(source), destination=folder)
+                raise self._missing(source_folder, source, destination=folder)
             if code == errno.EEXIST:
                 raise AlreadyExists.file(name, folder, self.url)
             if code not in _UNSUPPORTED:
-                raise OSError(code, os.strerror(code), source, None, target)
+                raise OSError(
+                    code,
+                    os.strerror(code),
+                    self._path(source_folder, source),
+                    None,
+                    self._path(folder, name),
+                )
             # NFS and some FUSE filesystems reject every flag; remember, and use links.
             self._use_renameat2 = False
-        with self._errors(source_folder, os.path.basename(source), destination=folder):
-            self._link_then_unlink(source, target)
+        with self._errors(source_folder, source, destination=folder):
+            self._link_then_unlink(self._path(source_folder, source), self._path(folder, name))
 
     @staticmethod
     def _link_then_unlink(source: str, target: str) -> None:
@@ -388,7 +476,7 @@ def _regular_files(entries: Any) -> Iterator[str]:
 
 
 def _write_all(descriptor: int, data: bytes) -> None:
-    written = 0
+    written = os.write(descriptor, data)
     while written < len(data):
         written += os.write(descriptor, data[written:])
 
@@ -407,13 +495,11 @@ def _load_sync_file_range() -> Callable[[int], object]:
 _start_writeback = _load_sync_file_range()
 
 
-def _fsync_directory(path: str) -> None:
-    """Make a directory's entries (a new name in it) durable."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _close_all(descriptors: dict[str, int], replaced: list[int]) -> None:
+    """Close a backend's descriptors of folders (when it is garbage-collected)."""
+    for descriptor in [*descriptors.values(), *replaced]:
+        with suppress(OSError):
+            os.close(descriptor)
 
 
 def _not_a_directory(path: str) -> NotPrepared:

@@ -288,9 +288,14 @@ class S3Backend(Backend):
                 options.update(use_listings_cache=False, skip_instance_cache=True)
                 if not _SESSION_OPTIONS & options.keys():
                     options["session"] = _shared_session()
+                config = options.get("config_kwargs", {})
                 options["config_kwargs"] = {
-                    **options.get("config_kwargs", {}),
+                    **config,
                     "http_session_cls": _NoResendSession,
+                    # botocore's pool holds 10 connections: a batch of more would queue.
+                    "max_pool_connections": max(
+                        config.get("max_pool_connections", 10), self.concurrency
+                    ),
                 }
                 try:
                     fs = S3FileSystem(**options)
