@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -258,6 +259,68 @@ def test_requests_per_message(
     assert calls - Counter(records) == {("DeleteObject", "cur"): messages}
     assert set(records) <= {("HeadObject", ".records")}
     assert sum(records.values()) <= 2 * (1 + int(seconds))
+
+
+def test_batches_make_the_same_requests_per_message(endpoint: str, bucket: str) -> None:
+    """deliver_many, claim_many and ack_many keep their requests in flight together
+    (`concurrency`), each one a message would make alone: 1 PUT, 1 COPY + 1 DELETE,
+    1 DELETE (copy method), plus the listings."""
+    messages = 24
+    store = store_on(endpoint, bucket, claim_method="copy", concurrency=8)
+    store.prepare()
+    store.deliver(b"warm-up")
+    store.claim().ack()  # type: ignore[union-attr]
+    calls = count_by_folder(backend_of(store))
+    names = store.deliver_many([b"x"] * messages)
+    assert calls == {("PutObject", "new"): messages}
+    calls.clear()
+    claims = store.claim_many(messages)
+    assert sorted(claims) == names
+    listings = calls.pop(("ListObjectsV2", "new"))
+    assert listings <= 2
+    assert calls == {("CopyObject", "cur"): messages, ("DeleteObject", "new"): messages}
+    calls.clear()
+    assert store.ack_many(claims) == []
+    records = {key: n for key, n in calls.items() if key[1] == ".records"}
+    assert set(records) <= {("HeadObject", ".records")}
+    assert calls - Counter(records) == {("DeleteObject", "cur"): messages}
+
+
+@pytest.mark.parametrize("batch", ["deliver_many", "claim_many", "ack_many"])
+def test_a_batch_keeps_its_requests_in_flight_together(
+    endpoint: str, bucket: str, batch: str
+) -> None:
+    """Requests of a batch wait, before they are sent, until four are waiting: a batch
+    made one request at a time would never get four (the waits would time out).
+    `claim_many` makes its first claim alone (it may wait for a file): that one passes."""
+    store = store_on(endpoint, bucket, claim_method="copy", concurrency=4)
+    store.prepare()
+    names = [] if batch == "deliver_many" else store.deliver_many([b"x"] * 9)
+    claims = store.claim_many(9) if batch == "ack_many" else []
+    operation = {"deliver_many": "PutObject", "claim_many": "CopyObject"}.get(batch, "DeleteObject")
+    sent, timed_out = 0, 0
+    four = asyncio.Event()
+
+    async def until_four_wait(**_: Any) -> None:
+        nonlocal sent, timed_out
+        sent += 1
+        if batch == "claim_many" and sent == 1:
+            return
+        if sent >= 4 + (batch == "claim_many"):
+            four.set()
+        try:
+            await asyncio.wait_for(four.wait(), 10)
+        except TimeoutError:
+            timed_out += 1
+
+    backend_of(store).client.meta.events.register(f"before-send.s3.{operation}", until_four_wait)
+    if batch == "deliver_many":
+        assert len(store.deliver_many([b"x"] * 9)) == 9
+    elif batch == "claim_many":
+        assert sorted(store.claim_many(9)) == names
+    else:
+        assert store.ack_many(claims) == []
+    assert (sent, timed_out) == (9, 0)
 
 
 def test_requests_per_queue_step(endpoint: str, bucket: str) -> None:
