@@ -409,6 +409,29 @@ class S3Contract(SpoolContract):
             proxy.stop()
         assert everywhere(store_on(endpoint, bucket)) == {}
 
+    def test_batches_with_dropped_answers_lose_nothing(self, endpoint: str, bucket: str) -> None:
+        """A batch's requests in flight together, five of each kind losing their answers
+        to dropped connections: every message is delivered once (none misreported as
+        taken), claimed once, and acked, with nothing left behind."""
+        proxy = DropResponseProxy(endpoint)
+        try:
+            store = store_on(proxy.url, bucket, concurrency=8)
+            store.prepare()
+            proxy.arm(rb"^PUT .*/new/", budget=5)
+            names = store.deliver_many([str(i).encode() for i in range(24)])
+            proxy.arm(rb"^(PUT|POST) .*/cur/", budget=5)
+            claims = store.claim_many(24)
+            assert sorted(claims) == names
+            assert sorted(claim.read() for claim in claims) == sorted(
+                str(i).encode() for i in range(24)
+            )
+            proxy.arm(rb"^DELETE .*/cur/", budget=5)
+            assert store.ack_many(claims) == []
+            assert proxy.dropped == 15
+        finally:
+            proxy.stop()
+        assert everywhere(store_on(endpoint, bucket)) == {}
+
     @pytest.mark.parametrize(
         ("acked", "window", "left"),
         [(False, None, ["cur"]), (True, None, ["new"]), (True, 60, [])],
