@@ -1,7 +1,7 @@
 """Developer tasks: `nox` runs the tests on every Python present, plus lint and typecheck.
 
 Also: `nox -s docs` (the site), `nox -s bench` (benchmarks), `nox -s s3` (LocalStack lane),
-`nox -s mutants` (the mutation check).
+`nox -s azure` (Azurite lane), `nox -s mutants` (the mutation check).
 """
 
 from __future__ import annotations
@@ -79,10 +79,14 @@ def bench(session: nox.Session) -> None:
 
     The s3 section runs moto in-process and LocalStack in its own Python 3.13 environment
     (built on the first run, as for `nox -s s3`); without python3.13 it skips LocalStack.
+    The azure section runs Azurite (installed with npm on the first run, as for
+    `nox -s azure`).
     """
-    session.install(".[s3]", *BENCH_S3, *BENCH_PEERS)
+    session.install(".[s3,azure]", *BENCH_S3, *BENCH_PEERS)
     env: dict[str, str] = {}
-    if _runs_s3(session.posargs):
+    if _runs_section("azure", session.posargs):
+        env["FILESPOOL_AZURITE"] = _azurite(session)
+    if _runs_section("s3", session.posargs) or _runs_section("s3latency", session.posargs):
         if _localstack_possible():
             env["FILESPOOL_LOCALSTACK_PYTHON"] = _localstack_python(session)
         else:
@@ -90,13 +94,13 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
 
 
-def _runs_s3(arguments: list[str]) -> bool:
-    """Whether benchmarks/run.py, given these arguments, runs its s3 section (the default)."""
+def _runs_section(section: str, arguments: list[str]) -> bool:
+    """Whether benchmarks/run.py, given these arguments, runs `section` (all by default)."""
     for index, argument in enumerate(arguments):
         if argument == "--sections" and index + 1 < len(arguments):
-            return "s3" in arguments[index + 1].split(",")
+            return section in arguments[index + 1].split(",")
         if argument.startswith("--sections="):
-            return "s3" in argument.removeprefix("--sections=").split(",")
+            return section in argument.removeprefix("--sections=").split(",")
     return True
 
 
@@ -141,3 +145,39 @@ def _localstack_python(session: nox.Session) -> str:
     session.run(str(python), "-m", "pip", "install", "--quiet", *LOCALSTACK, external=True)
     ready.write_text("\n".join(LOCALSTACK))
     return str(python)
+
+
+# Azurite (Azure Storage's emulator, Node.js), installed once per machine with npm and
+# reused by every checkout; reinstalled when AZURITE changes.
+AZURITE = "azurite@3.37.0"
+AZURITE_PREFIX = Path(
+    os.environ.get("FILESPOOL_AZURITE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "filespool" / "azurite"
+)
+
+
+@nox.session
+def azure(session: nox.Session) -> None:
+    """The Azure backend against Azurite, which the tests start and stop (needs Node.js and
+    npm; Azurite is installed on the first run)."""
+    prefix = _azurite(session)
+    session.install(".[test,azure]")
+    session.run("pytest", "tests/azure", *session.posargs, env={"FILESPOOL_AZURITE": prefix})
+
+
+def _azurite(session: nox.Session) -> str:
+    """The npm --prefix folder of Azurite, installed on the first run."""
+    prefix = AZURITE_PREFIX.absolute()
+    ready = prefix / "filespool-ready"
+    command = prefix / "node_modules" / ".bin" / "azurite-blob"
+    if command.exists() and ready.exists() and ready.read_text() == AZURITE:
+        return str(prefix)
+    npm = shutil.which("npm")
+    if npm is None:
+        session.skip("the Azure lane runs Azurite, which needs Node.js and npm: install them")
+    prefix.mkdir(parents=True, exist_ok=True)
+    session.run(
+        npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", AZURITE, external=True
+    )
+    ready.write_text(AZURITE)
+    return str(prefix)

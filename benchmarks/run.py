@@ -1,7 +1,8 @@
 """Benchmark filespool against the syscall floor and the peers a user would pick (issue 6).
 
     python benchmarks/run.py [--messages N] [--repeat R] [--json out.json] [--plot out.png]
-                             [--sections local,memory,depth,concurrency,s3,batch] [--quick]
+                             [--sections local,memory,depth,concurrency,s3,batch,s3latency,azure]
+                             [--quick]
                              [--s3-messages N] [--s3-drain-messages M] [--s3-claimers 1,4,16]
                              [--localstack-python PATH]
 
@@ -44,6 +45,7 @@ SECTIONS: dict[str, str] = {
     "s3": "s3",  # requests per message and concurrent claimers on moto and LocalStack
     "batch": "batch",  # durable deliver_many against the per-message durable floor
     "s3latency": "s3_latency",  # batches and claimer processes behind 0 and 20 ms of latency
+    "azure": "azure_claimers",  # claimers draining one spool on Azurite
 }
 
 ROUND_TRIP_TARGET = 0.90  # on tmpfs, against the floor that makes the same flushes
@@ -433,6 +435,33 @@ def s3_latency_targets(results: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def azure_targets(results: dict[str, Any]) -> list[Check]:
+    """Claimer ratios are stated; every message claimed exactly once is a target."""
+    section = results.get("azure", {})
+    rows = section.get("rows", [])
+    checks: list[Check] = [
+        {
+            "target": f"{row['claimers']} Azure claimers against one (Azurite)",
+            "figure": f"{row['vs_one']:.2f}x median, {row['min_vs_one']:.2f}x worst",
+            "met": None,
+        }
+        for row in rows
+        if row["claimers"] != 1
+    ]
+    if rows:
+        every = all(row["exactly_once"] for row in rows)
+        checks.append(
+            {
+                "target": "every Azure message claimed exactly once in every concurrent run",
+                "figure": "yes" if every else "NO: " + "; ".join(rows[0]["problems"]),
+                "met": every,
+            }
+        )
+    if section.get("server", "").startswith("FAILED"):
+        checks.append({"target": "Azurite started", "figure": section["server"], "met": False})
+    return checks
+
+
 TARGETS: list[Callable[[dict[str, Any]], list[Check]]] = [
     local_targets,
     depth_targets,
@@ -441,6 +470,7 @@ TARGETS: list[Callable[[dict[str, Any]], list[Check]]] = [
     s3_targets,
     batch_targets,
     s3_latency_targets,
+    azure_targets,
 ]
 
 

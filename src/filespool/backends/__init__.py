@@ -1,9 +1,9 @@
 """Storage backends, and the registry that picks one by URL scheme.
 
-Built in: plain paths and `file://` (`LocalBackend`), `memory://` (`MemoryBackend`)
-and `s3://` (`S3Backend`). A third party adds a scheme with `register`, or without
-any import through the entry-point group `filespool.backends`, for example in its
-`pyproject.toml`:
+Built in: plain paths and `file://` (`LocalBackend`), `memory://` (`MemoryBackend`),
+`s3://` (`S3Backend`), and `az://` and `abfs://` (`AzureBackend`). A third party adds a
+scheme with `register`, or without any import through the entry-point group
+`filespool.backends`, for example in its `pyproject.toml`:
 
     [project.entry-points."filespool.backends"]
     myscheme = "mypackage.spool:open_backend"
@@ -37,6 +37,8 @@ _BUILTIN: dict[str, str] = {
     "file": "filespool.backends.local:open_local",
     "memory": "filespool.backends.memory:open_memory",
     "s3": "filespool.backends.s3:open_s3",
+    "az": "filespool.backends.azure:open_azure",
+    "abfs": "filespool.backends.azure:open_azure",
 }
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, lowercased
 _registered: dict[str, BackendFactory] = {}
