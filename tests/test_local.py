@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -435,3 +436,39 @@ def test_a_backend_closes_its_folders_when_collected(tmp_path: Path) -> None:
         del store
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_child_forked_while_a_thread_held_the_folders_lock_goes_on(tmp_path: Path) -> None:
+    """A thread holds the backend's lock of its folder descriptors when the process forks:
+    the child, where that thread does not exist, still delivers and claims."""
+    store = FileStore(tmp_path)
+    store.prepare()
+    backend = store.backend
+    assert isinstance(backend, LocalBackend)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with backend._descriptor_lock():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    with warnings.catch_warnings():  # 3.12+ warns of exactly the hazard this test is about
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # pragma: no cover - the child's outcome is its exit status
+        backend._next_check = 0.0  # its next delivery looks at the folders, under the lock
+        code = 0 if store.deliver(b"from the child") and store.claim() is not None else 1
+        os._exit(code)
+    release.set()
+    holder.join()
+    deadline = time.monotonic() + 30
+    while (status := os.waitpid(child, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the child hung on a lock held by a thread of its parent")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status[1]) == 0
