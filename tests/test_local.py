@@ -438,17 +438,22 @@ def test_a_backend_closes_its_folders_when_collected(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before
 
 
-def test_a_child_forked_while_a_thread_held_the_folders_lock_goes_on(tmp_path: Path) -> None:
-    """A thread holds the backend's lock of its folder descriptors when the process forks:
-    the child, where that thread does not exist, still delivers and claims."""
+@pytest.mark.parametrize("lock", ["folder descriptors", "listing"])
+def test_a_child_forked_while_a_thread_held_a_lock_goes_on(tmp_path: Path, lock: str) -> None:
+    """A thread holds one of the store's locks (the backend's of its folder descriptors,
+    the queue's of its listing) when the process forks: the child, where that thread
+    does not exist, still delivers and claims."""
     store = FileStore(tmp_path)
     store.prepare()
     backend = store.backend
     assert isinstance(backend, LocalBackend)
+    held_lock = (
+        backend._descriptor_lock if lock == "folder descriptors" else store._queue._listing_lock
+    )
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with backend._descriptor_lock():
+        with held_lock:
             held.set()
             release.wait(30)
 
@@ -469,6 +474,6 @@ def test_a_child_forked_while_a_thread_held_the_folders_lock_goes_on(tmp_path: P
         if time.monotonic() > deadline:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
-            pytest.fail("the child hung on a lock held by a thread of its parent")
+            pytest.fail(f"the child hung on the {lock} lock held by a thread of its parent")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status[1]) == 0

@@ -20,7 +20,6 @@ import io
 import itertools
 import json
 import random
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, TextIO, overload
 
+from filespool._locks import ProcessLock
 from filespool.backends.base import Backend, Entry
 from filespool.errors import AlreadyExists, InvalidMode, LeaseLost, NotFound, NotPrepared
 from filespool.names import GENERATION_MARK, file_name, is_generation, split_file_name
@@ -196,7 +196,7 @@ class Queue:
         # many files wait. The order is oldest first within each batch of `_BATCH` names.
         self._backlog: deque[str] = deque()
         self._listing: Iterator[str] | None = None
-        self._listing_lock = threading.Lock()
+        self._listing_lock = ProcessLock()
         # Lost races make the backlog stale: names in it were claimed by others. Once the
         # time they cost reaches a share of what the last listing cost, list again.
         self._listing_cost = 0.0

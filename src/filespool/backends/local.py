@@ -8,13 +8,13 @@ import os
 import shutil
 import stat
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO
 
+from filespool._locks import ProcessLock
 from filespool.backends.base import STAGING_FOLDER, Backend, Entry
 from filespool.errors import (
     AlreadyExists,
@@ -84,14 +84,13 @@ class LocalBackend(Backend):
     def _open_descriptors(self) -> None:
         self._descriptors: dict[str, int] = {}  # of the folders, opened on first use
         self._replaced: list[int] = []  # of folders replaced since: another thread may use one
-        self._lock = threading.Lock()
-        self._lock_pid = os.getpid()
+        self._descriptor_lock = ProcessLock()
         self._next_check = 0.0
         weakref.finalize(self, _close_all, self._descriptors, self._replaced)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for per_process in ("_descriptors", "_replaced", "_lock", "_lock_pid", "_next_check"):
+        for per_process in ("_descriptors", "_replaced", "_descriptor_lock", "_next_check"):
             del state[per_process]
         return state
 
@@ -112,13 +111,6 @@ class LocalBackend(Backend):
     def _path(self, folder: str, name: str) -> str:
         return f"{self.root}/{folder}/{name}"  # folder and name are validated: nothing to join
 
-    def _descriptor_lock(self) -> threading.Lock:
-        """The lock of the descriptors; a forked child makes its own, since a thread of
-        the parent may have held it at the fork, and nothing in the child would let go."""
-        if self._lock_pid != os.getpid():
-            self._lock, self._lock_pid = threading.Lock(), os.getpid()
-        return self._lock
-
     def _folder(self, folder: str) -> int:
         """The descriptor of `folder`; `NotPrepared` if there is no such folder."""
         try:
@@ -127,7 +119,7 @@ class LocalBackend(Backend):
             return self._open_folder(folder)
 
     def _open_folder(self, folder: str) -> int:
-        with self._descriptor_lock():
+        with self._descriptor_lock:
             if folder in self._descriptors:
                 return self._descriptors[folder]
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -145,7 +137,7 @@ class LocalBackend(Backend):
         at once a second, by deliveries and listings: a claimer lists between batches)."""
         if time.monotonic() < self._next_check:
             return
-        with self._descriptor_lock():
+        with self._descriptor_lock:
             self._next_check = time.monotonic() + 1.0
             for folder, descriptor in list(self._descriptors.items()):
                 held = os.fstat(descriptor)
