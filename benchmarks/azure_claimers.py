@@ -25,9 +25,12 @@ from typing import Any
 
 from common import Samples, check_exactly_once, payloads, table
 
+# The launcher is the tests' own (tests/azure), and takes free_port from tests/s3_launch.
 sys.path.insert(
-    0,
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "azure"),
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "azure")
 )
 from azurite_launch import azurite, connection_string
 

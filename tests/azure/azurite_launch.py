@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from s3_launch import free_port
+
 ACCOUNT = "devstoreaccount1"
 # The development account's published key (the same in every Azurite and the emulator).
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -41,13 +43,6 @@ def executable(installed: str) -> str:
             f"no Azurite in {installed}: run npm install --prefix {installed} azurite"
         )
     return str(command)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
