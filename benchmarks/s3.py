@@ -171,9 +171,12 @@ class RequestTally:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.sends = 0
         self._root = f"{backend.prefix}/" if backend.prefix else ""
-        events = backend.client.meta.events
-        events.register("before-parameter-build.s3", self._on_call)
-        events.register("before-send.s3", self._on_send)
+        self.attach(backend.client)
+
+    def attach(self, client: Any) -> None:
+        """Count the requests of `client` too (an event loop's own, on the asyncio face)."""
+        client.meta.events.register("before-parameter-build.s3", self._on_call)
+        client.meta.events.register("before-send.s3", self._on_send)
 
     def _on_call(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         key = str(params.get("Key", params.get("Prefix", "")))

@@ -7,8 +7,10 @@ could overlap another. Each latency (0 and 20 ms) gets:
 
 Batches against one request at a time, in one process. The same store delivers N
 messages one by one, then with ``deliver_many`` (batches of ``BATCH``); claims and
-acks them one by one, then with ``claim_many``/``ack_many``; the two orders alternate
-between repetitions. Reported: messages per second (wall), the client's CPU time per
+acks them one by one, then with ``claim_many``/``ack_many`` (the reads one by one); then
+the same batches through ``filespool.aio`` (requests on the caller's loop, and the
+reads of a batch gathered, as an asyncio service would); the order of the three modes
+rotates between repetitions. Reported: messages per second (wall), the client's CPU time per
 message, and HTTP requests per message in each mode (a batch must add none).
 
 Claimer processes. M messages are put in one spool, then K processes (1, 4, 16),
@@ -22,9 +24,11 @@ Every run checks that each message was claimed exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
+import queue
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +45,7 @@ from s3_launch import localstack
 
 BATCH = 64
 LATENCIES = (0.0, 0.02)
-MODES = ("one at a time", "batched")
+MODES = ("one at a time", "batched", "asyncio")
 
 
 def run(config: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -84,8 +88,10 @@ def _batches(
         store.claim().ack()  # type: ignore[union-attr]
         tally = RequestTally(backend)
         for repetition in range(config.repeat):
-            for mode in MODES if repetition % 2 == 0 else MODES[::-1]:
-                for step, figures in _round(store, tally, mode, count).items():
+            order = MODES[repetition % len(MODES) :] + MODES[: repetition % len(MODES)]
+            for mode in order:
+                run_round = _async_round if mode == "asyncio" else _round
+                for step, figures in run_round(store, tally, mode, count).items():
                     for metric, value in figures.items():
                         samples[step, mode].add(metric, value)
         for step in ("deliver", "claim+ack"):
@@ -138,6 +144,39 @@ def _round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dict[str,
                 found.append(claim.read())
                 claim.ack()
     figures["claim+ack"] = claim_and_ack
+    problem = check_exactly_once(found, count)
+    if problem:
+        raise AssertionError(f"s3latency {mode}: {problem}")
+    return figures
+
+
+def _async_round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dict[str, float]]:
+    """`_round`'s batches through `AsyncFileStore`, on a loop of their own."""
+    from filespool.aio import AsyncFileStore
+
+    messages = payloads(count)
+    figures = {}
+    found: list[bytes] = []
+
+    async def main() -> None:
+        async with AsyncFileStore(store) as spool:
+            # The loop's client made, and its connections opened, outside the measurement
+            # (a service's loop lives on; the other modes' pool is warm from earlier rounds).
+            await spool.prepare()
+            warm = await spool.deliver_many([b"."] * BATCH)
+            await spool.ack_many(await spool.claim_many(len(warm)))
+            tally.attach(await store.backend._client())
+            with _measured(tally, count) as deliver:
+                for start in range(0, count, BATCH):
+                    await spool.deliver_many(messages[start : start + BATCH])
+            figures["deliver"] = deliver
+            with _measured(tally, count) as claim_and_ack:
+                while claims := await spool.claim_many(BATCH):
+                    found.extend(await asyncio.gather(*(claim.read() for claim in claims)))
+                    await spool.ack_many(claims)
+            figures["claim+ack"] = claim_and_ack
+
+    asyncio.run(main())
     problem = check_exactly_once(found, count)
     if problem:
         raise AssertionError(f"s3latency {mode}: {problem}")
@@ -216,7 +255,7 @@ def _drain(direct: str, proxied: str, messages: int, claimers: int) -> dict[str,
         try:
             ready.wait(timeout=300)
             go.set()
-            outcomes = [results.get(timeout=1800) for _ in workers]
+            outcomes = [_outcome(results, workers) for _ in workers]
         finally:
             for worker in workers:
                 worker.join(timeout=10)
@@ -233,6 +272,21 @@ def _drain(direct: str, proxied: str, messages: int, claimers: int) -> dict[str,
         "split": sorted(len(o["found"]) for o in outcomes),
         "problem": problem,
     }
+
+
+def _outcome(results: Any, workers: list[Any]) -> dict[str, Any]:
+    """The next claimer's report; raises at once if a claimer died without one."""
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            outcome: dict[str, Any] = results.get(timeout=1)
+            return outcome
+        except queue.Empty:
+            dead = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a claimer process died (exit status {dead[0]})") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError("the claimer processes did not finish in 30 minutes") from None
 
 
 def _claimer(where: tuple[str, str, str], ready: Any, go: Any, results: Any) -> None:

@@ -96,14 +96,14 @@ MUTANTS = [
     Mutant(
         "queue: a renewal keeps the file name (no new generation)",
         QUEUE,
-        'self.backend.move("cur", claim.file_name, "cur", successor)',
-        'self.backend.info("cur", claim.file_name)\n            successor = claim.file_name',
+        'yield step.move("cur", claim.file_name, "cur", successor)',
+        'yield step.info("cur", claim.file_name)\n            successor = claim.file_name',
         ("tests/test_memory.py::TestMemory",),
     ),
     Mutant(
         "queue: recover gives back without taking over first",
         QUEUE,
-        "        try:\n            self.extend(claim)\n        except LeaseLost:\n"
+        "        try:\n            yield from self.extend_steps(claim)\n        except LeaseLost:\n"
         "            return None  # acked, renewed or taken over since the scan\n",
         "",
         ("tests/test_memory.py::TestMemory",),
@@ -111,16 +111,16 @@ MUTANTS = [
     Mutant(
         "queue: release writes the record without renewing first",
         QUEUE,
-        "        self.extend(claim)\n"
-        "        return self._give_back(claim, reason, attempt=attempt)",
-        "        return self._give_back(claim, reason, attempt=attempt)",
+        "        yield from self.extend_steps(claim)\n"
+        "        return (yield from self._give_back(claim, reason, attempt=attempt))",
+        "        return (yield from self._give_back(claim, reason, attempt=attempt))",
         ("tests/test_memory.py::TestMemory",),
     ),
     Mutant(
         "queue: an ack ignores a claimed file that is gone",
         QUEUE,
-        "            if self.is_anywhere(claim.name):\n                raise _lease_lost(claim)"
-        " from None\n",
+        "            if (yield from self.is_anywhere(claim.name)):\n"
+        "                raise lease_lost(claim) from None\n",
         "            pass\n",
         ("tests/test_memory.py::TestMemory",),
     ),

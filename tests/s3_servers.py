@@ -25,7 +25,7 @@ from filespool import AlreadyExists, FileStore, LeaseLost
 from filespool.backends.base import Backend
 from filespool.backends.s3 import S3Backend
 from filespool.names import split_file_name
-from filespool.testing import SpoolContract
+from filespool.testing import AsyncFace, SpoolContract
 
 CREDENTIALS = {"key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
 
@@ -111,9 +111,10 @@ def fail_first(backend: S3Backend, operation: str, times: int, status: int, code
     return left
 
 
-def lose_responses(backend: S3Backend, operation: str, times: int) -> list[int]:
+def lose_responses(backend: Backend, operation: str, times: int) -> list[int]:
     """Make botocore retry the next ``times`` successful ``operation`` requests, as if their
-    answers had been lost after the server applied them."""
+    answers had been lost after the server applied them (on the client of the face in use:
+    an `AsyncFace`'s loop, else the plain face)."""
     left = [times]
 
     def lose(response: Any, **_: Any) -> int | None:
@@ -122,7 +123,11 @@ def lose_responses(backend: S3Backend, operation: str, times: int) -> list[int]:
             return 0  # retry after 0 s
         return None
 
-    backend.client.meta.events.register(f"needs-retry.s3.{operation}", lose)
+    if isinstance(backend, AsyncFace):
+        client = backend.run_on_loop(backend_of_backend(backend)._client())
+    else:
+        client = backend_of_backend(backend).client
+    client.meta.events.register(f"needs-retry.s3.{operation}", lose)
     return left
 
 
@@ -265,8 +270,10 @@ def backend_of(store: FileStore) -> S3Backend:
 
 
 def backend_of_backend(backend: Backend) -> S3Backend:
-    assert isinstance(backend, S3Backend)
-    return backend
+    """The S3 backend itself (behind an `AsyncFace` too)."""
+    inner = backend.inner if isinstance(backend, AsyncFace) else backend
+    assert isinstance(inner, S3Backend)
+    return inner
 
 
 def _ground_truth(backend: Backend) -> tuple[S3FileSystem, str]:
@@ -328,9 +335,9 @@ class S3Contract(SpoolContract):
         ready.put("new", "a", b"mover", durable=False)
         copy_object = s3._copy_object
 
-        def after_another_writer(*arguments: Any, **keywords: Any) -> Any:
-            self.write_directly(ready, "cur/a", b"occupant")
-            return copy_object(*arguments, **keywords)
+        async def after_another_writer(*arguments: Any, **keywords: Any) -> Any:
+            await asyncio.to_thread(self.write_directly, ready, "cur/a", b"occupant")
+            return await copy_object(*arguments, **keywords)
 
         s3._copy_object = after_another_writer  # type: ignore[method-assign]
         try:
@@ -377,7 +384,7 @@ class S3Contract(SpoolContract):
         """The delete went through, its answer was lost, botocore's retry finds nothing."""
         names = [prepared.deliver(b"x") for _ in range(3)]
         claims = [prepared.claim() for _ in names]
-        left = lose_responses(backend_of(prepared), "DeleteObject", 3)
+        left = lose_responses(prepared.backend, "DeleteObject", 3)
         for claim in claims:
             assert claim is not None
             claim.ack()
@@ -470,10 +477,10 @@ class _PausedClaim:
         self.result: list[Any] = []
         delete = backend_of(handle)._delete_moved_source
 
-        def pause(key: str, etag: str) -> None:
+        async def pause(key: str, etag: str) -> None:
             self.copied.set()
-            self.go_on.wait(60)
-            delete(key, etag)
+            await asyncio.to_thread(self.go_on.wait, 60)  # off the loop: others go on
+            await delete(key, etag)
 
         backend_of(handle)._delete_moved_source = pause  # type: ignore[method-assign]
         self.thread = threading.Thread(target=lambda: self.result.append(handle.claim()))

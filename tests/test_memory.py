@@ -11,7 +11,7 @@ import pytest
 from filespool import FileStore
 from filespool.backends.base import Backend
 from filespool.backends.memory import MemoryBackend
-from filespool.testing import SpoolContract
+from filespool.testing import AsyncFace, SpoolContract
 
 
 @pytest.fixture
@@ -39,6 +39,17 @@ class TestMemory(SpoolContract):
         except FileNotFoundError:
             return None
         return data
+
+
+@pytest.mark.slow
+class TestMemoryAsyncFace(TestMemory):
+    """The contract through `call_async`'s default: each call in a worker thread."""
+
+    @pytest.fixture
+    def backend(self, memory_url: str) -> Iterator[Backend]:
+        face = AsyncFace(MemoryBackend(memory_url.removeprefix("memory://")))
+        yield face
+        face.close()
 
 
 def test_stores_of_one_name_share_files_and_others_do_not(memory_url: str) -> None:

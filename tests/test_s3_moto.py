@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import pickle
 import time
@@ -18,13 +17,15 @@ import pytest
 
 from filespool import AlreadyExists, ExclusiveMoveUnavailable, FileStore
 from filespool.backends import s3
+from filespool.backends.base import Backend
 from filespool.backends.s3 import (
     S3AccessDenied,
     S3BucketMissing,
     S3EndpointUnreachable,
     S3Unsupported,
 )
-from s3_launch import free_port, moto_server
+from filespool.testing import AsyncFace
+from s3_launch import free_port
 from s3_servers import (
     DropResponseProxy,
     S3Contract,
@@ -36,23 +37,10 @@ from s3_servers import (
     fail_first,
     filesystem,
     lose_responses,
-    new_bucket,
     options,
     raw,
     store_on,
 )
-
-
-@pytest.fixture(scope="session")
-def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def bucket(endpoint: str) -> str:
-    return new_bucket(endpoint)
 
 
 @pytest.mark.slow
@@ -60,6 +48,20 @@ class TestS3Moto(S3Contract):
     # moto answers one request at a time (see s3_launch.moto_server) from this process:
     # 5 rounds of each 8-thread race keep the class near a minute and a half.
     race_rounds = 5
+
+
+@pytest.mark.slow
+class TestS3MotoAsyncFace(TestS3Moto):
+    """The whole contract again through the native asyncio face (`call_async`): the same
+    requests, made on an event loop's own client."""
+
+    race_rounds = 3
+
+    @pytest.fixture
+    def backend(self, endpoint: str, bucket: str) -> Iterator[Backend]:
+        face = AsyncFace(store_on(endpoint, bucket).backend)
+        yield face
+        face.close()
 
 
 # -- locations, options and setup errors ------------------------------------------------

@@ -16,10 +16,18 @@ class ProcessLock:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def __enter__(self) -> None:
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it unless `blocking` is false); whether it was taken."""
         if self._pid != os.getpid():
             self._lock, self._pid = threading.Lock(), os.getpid()
-        self._lock.acquire()
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
 
     def __exit__(
         self,

@@ -1,14 +1,17 @@
 """`AsyncFileStore`: the spool for asyncio services (aiohttp, FastAPI, ...).
 
-The same operations as `FileStore`, awaited. Each storage call runs in a worker thread
-(`asyncio.to_thread`), so the event loop is never blocked: not by a disk's fsync, nor
-by a network round trip; `claim(wait=...)` waits with `asyncio.sleep`.
+The same operations as `FileStore`, awaited, on the same protocol (each operation is
+written once, as steps: `filespool._steps`). Their storage calls are made through
+`Backend.call_async`: on S3, natively, as requests on the caller's event loop; on
+backends whose calls do not wait on a network (a local disk, memory), in a worker thread
+each, so the loop is never blocked by a disk's fsync. `claim(wait=...)` waits with
+`asyncio.sleep`.
 
-    store = AsyncFileStore("/var/spool/jobs")
-    await store.prepare()
-    await store.deliver(b"resize photo 17")
-    async with await store.claim(wait=30) as claim:   # acks on success
-        process(await claim.read())
+    async with AsyncFileStore("s3://bucket/jobs") as store:
+        await store.prepare()
+        await store.deliver(b"resize photo 17")
+        async with await store.claim(wait=30) as claim:   # acks on success
+            process(await claim.read())
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from filespool._steps import Steps, run_async
 from filespool.backends.base import Backend
-from filespool.errors import LeaseLost
-from filespool.queue import Claim, Record, Recovery
-from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, poll_pauses
+from filespool.errors import LeaseLost, NotFound
+from filespool.queue import Claim, Record, Recovery, lease_lost
+from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, lost_claims
 
 
 class AsyncClaim(str):
@@ -43,25 +47,40 @@ class AsyncClaim(str):
         self.claim = claim
         return self
 
+    async def _run(self, steps: Steps[Any]) -> Any:
+        return await run_async(self.claim.queue.backend, steps)
+
     async def read(self) -> bytes:
         """The file's content."""
-        return await asyncio.to_thread(self.claim.read)
+        try:
+            data: bytes = await self.claim.queue.backend.call_async(
+                "read", "cur", self.claim.file_name
+            )
+        except NotFound:
+            raise lease_lost(self.claim) from None
+        return data
 
     async def ack(self) -> None:
         """Done: remove the file (see `Claim.ack`)."""
-        await asyncio.to_thread(self.claim.ack)
+        await self._run(self.claim.queue.ack_steps(self.claim))
+        self.claim.finished = True
 
     async def release(self, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give the file back for another try (see `Claim.release`); returns where it went."""
-        return await asyncio.to_thread(self.claim.release, reason, attempt=attempt)
+        folder: str = await self._run(
+            self.claim.queue.release_steps(self.claim, reason, attempt=attempt)
+        )
+        self.claim.finished = True
+        return folder
 
     async def fail(self, reason: str) -> None:
         """Dead-letter the file with `reason` (see `Claim.fail`)."""
-        await asyncio.to_thread(self.claim.fail, reason)
+        await self._run(self.claim.queue.fail_steps(self.claim, reason))
+        self.claim.finished = True
 
     async def extend(self) -> None:
         """Renew the lease (see `Claim.extend`)."""
-        await asyncio.to_thread(self.claim.extend)
+        await self._run(self.claim.queue.extend_steps(self.claim))
 
     async def __aenter__(self) -> AsyncClaim:
         return self
@@ -84,7 +103,8 @@ class AsyncFileStore:
     """`FileStore` for asyncio: the same operations, awaited, never blocking the loop.
 
     Takes what `FileStore` takes (a location with settings and storage options, or a
-    `FileStore` to share).
+    `FileStore` to share). Used as an async context manager (or with `aclose`), it closes
+    the connections it opened for the loop when done.
     """
 
     def __init__(self, location: str | os.PathLike[str] | Backend | FileStore, **options: Any):
@@ -98,81 +118,125 @@ class AsyncFileStore:
         """The store's canonical URL."""
         return self.store.url
 
+    async def _run(self, steps: Steps[Any]) -> Any:
+        return await run_async(self.store.backend, steps)
+
+    async def aclose(self) -> None:
+        """Close the connections opened for the running loop (S3's); the store stays usable."""
+        await self.store.backend.aclose()
+
+    async def __aenter__(self) -> AsyncFileStore:
+        return self
+
+    async def __aexit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     async def prepare(self) -> None:
         """Create the store's folders (see `FileStore.prepare`)."""
-        await asyncio.to_thread(self.store.prepare)
+        await self._run(self.store.prepare_steps())
 
     async def deliver(self, data: bytes | str, name: str | None = None) -> str:
         """Publish `data` into `new/` (see `FileStore.deliver`); return its name."""
-        return await asyncio.to_thread(self.store.deliver, data, name)
+        delivered: str = await self._run(self.store.deliver_steps(data, name))
+        return delivered
 
     async def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish a batch (see `FileStore.deliver_many`); return the names in order."""
-        batch = builtins.list(messages)  # read here: an iterable may not cross threads
-        return await asyncio.to_thread(self.store.deliver_many, batch)
+        names: builtins.list[str] = await self._run(self.store.deliver_many_steps(messages))
+        return names
 
     async def claim(self, wait: float | None = None) -> AsyncClaim | None:
         """Claim a file (see `FileStore.claim`); with `wait`, poll with backoff until one
         arrives or the time is up, sleeping without holding the loop."""
-        claimed = await asyncio.to_thread(self.store.claim)
-        if claimed is None and wait is not None:
-            for pause in poll_pauses(wait):
-                await asyncio.sleep(pause)
-                if (claimed := await asyncio.to_thread(self.store.claim)) is not None:
-                    break
+        claimed: Claim | None = await self._run(self.store.claim_steps(wait))
         return None if claimed is None else AsyncClaim(claimed)
 
-    async def claim_many(self, count: int) -> builtins.list[AsyncClaim]:
-        """Claim up to `count` files (see `FileStore.claim_many`)."""
-        claims = await asyncio.to_thread(self.store.claim_many, count)
-        return [AsyncClaim(claim) for claim in claims]
+    async def claim_many(self, count: int, wait: float | None = None) -> builtins.list[AsyncClaim]:
+        """Claim up to `count` files (see `FileStore.claim_many`): after the first, up to
+        `Backend.concurrency` claims run at once."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        first = await self.claim(wait)
+        if first is None:
+            return []
+        wanted = iter(range(count - 1))  # each task takes a turn; the loop is one thread
+
+        async def claim_in_turn() -> builtins.list[AsyncClaim]:
+            taken: builtins.list[AsyncClaim] = []
+            while next(wanted, None) is not None and (claim := await self.claim()) is not None:
+                taken.append(claim)
+            return taken
+
+        window = max(1, min(self.store.backend.concurrency, count - 1))
+        batches = await asyncio.gather(*(claim_in_turn() for _ in range(window)))
+        return [first, *(claim for batch in batches for claim in batch)]
 
     async def ack_many(self, claims: Iterable[AsyncClaim]) -> builtins.list[AsyncClaim]:
         """Ack each claim (see `FileStore.ack_many`); return those whose lease was lost."""
-        wrapped = {id(claim.claim): claim for claim in claims}
-        lost = await asyncio.to_thread(
-            self.store.ack_many, [claim.claim for claim in wrapped.values()]
-        )
-        return [wrapped[id(claim)] for claim in lost]
+        return await self._each_claim(claims, AsyncClaim.ack)
 
     async def release_many(
         self, claims: Iterable[AsyncClaim], reason: str | None = None, *, attempt: bool = True
     ) -> builtins.list[AsyncClaim]:
         """Give each claim back (see `FileStore.release_many`); return those whose lease
         was lost."""
-        wrapped = {id(claim.claim): claim for claim in claims}
-        lost = await asyncio.to_thread(
-            self.store.release_many,
-            [claim.claim for claim in wrapped.values()],
-            reason,
-            attempt=attempt,
-        )
-        return [wrapped[id(claim)] for claim in lost]
+        return await self._each_claim(claims, lambda claim: claim.release(reason, attempt=attempt))
+
+    async def _each_claim(
+        self, claims: Iterable[AsyncClaim], finish: Callable[[AsyncClaim], Awaitable[object]]
+    ) -> builtins.list[AsyncClaim]:
+        """Apply `finish` to every claim, `Backend.concurrency` at a time; return those it
+        raised `LeaseLost` for. Another error is raised once every claim had its turn."""
+        batch = builtins.list(claims)
+        window = asyncio.Semaphore(self.store.backend.concurrency)
+
+        async def apply(claim: AsyncClaim) -> BaseException | None:
+            async with window:
+                try:
+                    await finish(claim)
+                except Exception as error:  # raised by lost_claims, once all had their turn
+                    return error
+                return None
+
+        errors = await asyncio.gather(*(apply(claim) for claim in batch))
+        return lost_claims(batch, errors)
 
     async def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back expired claims (see `FileStore.recover`)."""
-        return await asyncio.to_thread(self.store.recover, older_than)
+        recovery: Recovery = await self._run(self.store.recover_steps(older_than))
+        return recovery
 
     async def cleanup(self, older_than: float | timedelta = MAILDIR_TMP_AGE) -> builtins.list[str]:
         """Remove abandoned files from `tmp/` (see `FileStore.cleanup`)."""
-        return await asyncio.to_thread(self.store.cleanup, older_than)
+        removed: builtins.list[str] = await self._run(self.store.cleanup_steps(older_than))
+        return removed
 
     async def names(self, folder: str) -> builtins.list[str]:
         """The names in a folder (see `FileStore.names`)."""
-        return await asyncio.to_thread(self.store.names, folder)
+        names: builtins.list[str] = await self._run(self.store.names_steps(folder))
+        return names
 
     async def read(self, name: str, folder: str) -> bytes:
         """A file's content (see `FileStore.read`)."""
-        return await asyncio.to_thread(self.store.read, name, folder)
+        data: bytes = await self._run(self.store.read_steps(name, folder))
+        return data
 
     async def record(self, name: str) -> Record:
         """A message's attempts and last failure (see `FileStore.record`)."""
-        return await asyncio.to_thread(self.store.record, name)
+        record: Record = await self._run(self.store.record_steps(name))
+        return record
 
     async def requeue(self, name: str) -> str:
         """Send a dead letter back to `new/` (see `FileStore.requeue`)."""
-        return await asyncio.to_thread(self.store.requeue, name)
+        requeued: str = await self._run(self.store.requeue_steps(name))
+        return requeued
 
     async def stats(self) -> dict[str, FolderStats]:
         """Files per folder and the oldest's age (see `FileStore.stats`)."""
-        return await asyncio.to_thread(self.store.stats)
+        stats: dict[str, FolderStats] = await self._run(self.store.stats_steps())
+        return stats

@@ -11,24 +11,28 @@ on every backend. So a file name in `cur/` is held by exactly one claim, ever:
   since both move the file to the same next generation;
 - whoever wins holds a fresh file name, so nobody else can act on it by mistake.
 
-The queue knows nothing of the store's other operations; `FileStore` composes it.
+The queue knows nothing of the store's other operations; `FileStore` composes it. Each
+operation that touches storage is written once, as steps (`filespool._steps`): the
+methods named `..._steps` give them, for `run` (the plain methods) or `run_async`
+(`filespool.aio`).
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, TextIO, overload
+from typing import Any, BinaryIO, Literal, TextIO, TypeVar, overload
 
+from filespool import _steps as step
 from filespool._locks import ProcessLock
+from filespool._steps import Steps, run
 from filespool.backends.base import Backend, Entry
 from filespool.errors import AlreadyExists, InvalidMode, LeaseLost, NotFound, NotPrepared
 from filespool.names import GENERATION_MARK, file_name, is_generation, split_file_name
@@ -45,6 +49,7 @@ _BATCH = 4096
 # against 13 % at 0.25 and 21 % at 1.0); on a local disk after a dozen or more lost
 # renames, which cost microseconds.
 _RELIST_AFTER = 0.1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class Claim(str):
         try:  # not `holding()`: a context manager would cost each read a microsecond
             return self.queue.backend.read("cur", self.file_name)
         except NotFound:
-            raise _lease_lost(self) from None
+            raise lease_lost(self) from None
 
     @overload
     def open(self, mode: Literal["rb"] = "rb") -> BinaryIO: ...
@@ -195,7 +200,7 @@ class Queue:
         # comes from a listing read in pages (`_listing`), so a claim costs the same however
         # many files wait. The order is oldest first within each batch of `_BATCH` names.
         self._backlog: deque[str] = deque()
-        self._listing: Iterator[str] | None = None
+        self._listing: Iterator[str] | AsyncIterator[str] | None = None
         self._listing_lock = ProcessLock()
         # Lost races make the backlog stale: names in it were claimed by others. Once the
         # time they cost reaches a share of what the last listing cost, list again.
@@ -219,7 +224,27 @@ class Queue:
 
     def claim(self) -> Claim | None:
         """Move one file from `new/` to `cur/`; `None` if there is none."""
-        stuck: set[str] = set()
+        # The common case, the backlog's next name won, without the steps' overhead (a
+        # microsecond: a tenth of what a claim costs on a local disk); every other
+        # outcome is settled by `claim_steps`.
+        if not self._backlog:
+            return run(self.backend, self.claim_steps())
+        try:
+            name = self._backlog.popleft()
+        except IndexError:  # emptied by another thread since
+            return run(self.backend, self.claim_steps())
+        started = time.monotonic()
+        try:
+            self.backend.move("new", name, "cur")
+        except (NotFound, AlreadyExists) as error:
+            stuck: set[str] = set()
+            self._lost_race(name, error, time.monotonic() - started, stuck)
+            return run(self.backend, self.claim_steps(stuck))
+        return Claim(_message_of(name), name, self)
+
+    def claim_steps(self, stuck: set[str] | None = None) -> Steps[Claim | None]:
+        """`claim`, as steps; `stuck` names are not tried again (see `_lost_race`)."""
+        stuck = set() if stuck is None else stuck
         while True:
             while True:
                 try:
@@ -228,23 +253,24 @@ class Queue:
                     break
                 started = time.monotonic()
                 try:
-                    self.backend.move("new", name, "cur")
-                except NotFound:  # lost a race
-                    self._lost_race(time.monotonic() - started)
-                    continue
-                except AlreadyExists:
-                    # cur/ holds this generation already: another claimer between its two
-                    # steps (copy-then-delete storage), or one interrupted there, which
-                    # recover() settles. Either way a lost race: going on to the next name
-                    # would meet that claimer again.
-                    stuck.add(name)
-                    self._lost_race(time.monotonic() - started)
+                    yield step.move("new", name, "cur")
+                except (NotFound, AlreadyExists) as error:
+                    self._lost_race(name, error, time.monotonic() - started, stuck)
                     continue
                 return Claim(_message_of(name), name, self)
-            if not self._refill(stuck):
+            if not (yield from self._refill(stuck)):
                 return None
 
-    def _lost_race(self, seconds: float) -> None:
+    def _lost_race(self, name: str, error: Exception, seconds: float, stuck: set[str]) -> None:
+        """Another claimer moved `name` first (`NotFound`), or is between the two steps of
+        its move (`AlreadyExists`: cur/ holds this generation already; or one interrupted
+        there, which recover() settles). The latter goes in `stuck`: going on to it again
+        would meet that claimer again."""
+        if isinstance(error, AlreadyExists):
+            stuck.add(name)
+        self._count_lost_race(seconds)
+
+    def _count_lost_race(self, seconds: float) -> None:
         """Another claimer took a name of the backlog, and others like it, probably.
 
         Learning which are left from a new listing is cheaper than trying them one by one
@@ -261,19 +287,21 @@ class Queue:
         self._backlog.clear()
         self._listing = None
 
-    def _refill(self, stuck: set[str]) -> bool:
+    def _refill(self, stuck: set[str]) -> Steps[bool]:
         """Put the next batch of names from new/ in the backlog; False if a whole fresh
         listing had none to try."""
-        with self._listing_lock:
+        if not self._listing_lock.acquire(blocking=False):
+            yield step.Acquire(self._listing_lock)  # another thread or task lists: wait
+        try:
             fresh = False
             while True:
                 started = time.monotonic()
                 if self._listing is None:
                     if fresh:
                         return False
-                    self._listing = self.backend.iter_names("new")
+                    self._listing = yield step.iter_names("new")
                     fresh = True
-                page = list(itertools.islice(self._listing, _BATCH))
+                page = yield step.NextNames(self._listing, _BATCH)
                 if len(page) < _BATCH:
                     self._listing = None  # read to the end: the next batch starts a new listing
                 batch = sorted(n for n in page if _is_queued(n) and n not in stuck)
@@ -287,6 +315,8 @@ class Queue:
                         del batch[: random.randrange(len(batch))]
                     self._backlog.extend(batch)
                     return True
+        finally:
+            self._listing_lock.release()
 
     def _jump(self) -> None:
         """Go on from a random place in the backlog.
@@ -309,9 +339,21 @@ class Queue:
         try:
             yield
         except NotFound:
-            raise _lease_lost(claim) from None
+            raise lease_lost(claim) from None
 
     def ack(self, claim: Claim) -> None:
+        """Remove the claimed file, then the message's record (see `ack_steps`)."""
+        if self.dedup_window is None and not (
+            self._records_exist or self._time_to_look_for_records()
+        ):
+            # The common case, one remove, without the steps' overhead; a file gone is
+            # settled by `ack_steps`.
+            with suppress(NotFound):
+                self.backend.remove("cur", claim.file_name)
+                return
+        run(self.backend, self.ack_steps(claim))
+
+    def ack_steps(self, claim: Claim) -> Steps[None]:
         """Remove the claimed file, then the message's record.
 
         A claimed file already gone is fine if the message is nowhere any more: the ack
@@ -320,252 +362,282 @@ class Queue:
         """
         # Marked first: a delivery whose answer was lost, looking for its message, must
         # find it claimed or marked acked, never neither.
-        self._mark_acked(claim.name)
+        if self.dedup_window is not None:
+            yield from self._mark_acked(claim.name)
         try:
-            self.backend.remove("cur", claim.file_name)
+            yield step.remove("cur", claim.file_name)
         except NotFound:
-            if self.is_anywhere(claim.name):
-                raise _lease_lost(claim) from None
-        self._forget(claim.name)
+            if (yield from self.is_anywhere(claim.name)):
+                raise lease_lost(claim) from None
+        if self._records_exist or self._time_to_look_for_records():
+            yield from self._forget(claim.name)
 
-    def is_anywhere(self, message: str) -> bool:
+    def is_anywhere(self, message: str) -> Steps[bool]:
         """Whether some generation of `message` is in `new/`, `cur/` or `failed/`."""
-        return message in self._messages_present()
+        return message in (yield from self._messages_present())
 
-    def _messages_present(self) -> set[str]:
+    def _messages_present(self) -> Steps[set[str]]:
         """The messages that have a file in `new/`, `cur/` or `failed/` (one listing each)."""
-        return {
-            _message_of(name)
-            for folder in ("new", "cur", "failed")
-            for name in self._names(folder)
-            if _is_queued(name)
-        }
-
-    def _names(self, folder: str) -> list[str]:
-        with self.unless_not_made_yet(folder):
-            return self.backend.list_names(folder)
-        return []
+        present: set[str] = set()
+        for folder in ("new", "cur", "failed"):
+            names: list[str] = yield from self.unless_not_made_yet(
+                folder, step.list_names(folder), []
+            )
+            present.update(_message_of(name) for name in names if _is_queued(name))
+        return present
 
     def extend(self, claim: Claim) -> None:
         """Move the claimed file to its next generation: a new lease, and a new name."""
+        run(self.backend, self.extend_steps(claim))
+
+    def extend_steps(self, claim: Claim) -> Steps[None]:
+        """`extend`, as steps."""
         successor = _successor(claim.file_name)
         try:
-            self.backend.move("cur", claim.file_name, "cur", successor)
+            yield step.move("cur", claim.file_name, "cur", successor)
         except (NotFound, AlreadyExists):
             # Gone, or moved on by a recoverer that took the expired lease a moment earlier.
-            raise _lease_lost(claim) from None
+            raise lease_lost(claim) from None
         claim.file_name = successor
 
     def release(self, claim: Claim, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give the claimed file back to `new/` (or `failed/` at `max_attempts`)."""
+        return run(self.backend, self.release_steps(claim, reason, attempt=attempt))
+
+    def release_steps(
+        self, claim: Claim, reason: str | None = None, *, attempt: bool = True
+    ) -> Steps[str]:
+        """`release`, as steps."""
         # Renewed first, so that the record is written only by the claim that holds the
         # file: a late worker's release changes nothing.
-        self.extend(claim)
-        return self._give_back(claim, reason, attempt=attempt)
+        yield from self.extend_steps(claim)
+        return (yield from self._give_back(claim, reason, attempt=attempt))
 
     def fail(self, claim: Claim, reason: str) -> None:
         """Dead-letter the claimed file with `reason`."""
-        self.extend(claim)  # as in release: only the holder writes the record
-        self._dead_letter(claim, Record(self.record(claim.name).attempts + 1, reason))
+        run(self.backend, self.fail_steps(claim, reason))
 
-    def _give_back(self, claim: Claim, reason: str | None, *, attempt: bool = True) -> str:
+    def fail_steps(self, claim: Claim, reason: str) -> Steps[None]:
+        """`fail`, as steps."""
+        yield from self.extend_steps(claim)  # as in release: only the holder writes the record
+        record = yield from self.record_steps(claim.name)
+        yield from self._dead_letter(claim, Record(record.attempts + 1, reason))
+
+    def _give_back(self, claim: Claim, reason: str | None, *, attempt: bool = True) -> Steps[str]:
         """Count an attempt and move a claim just renewed (or taken over) onwards."""
-        record = self.record(claim.name)
+        record = yield from self.record_steps(claim.name)
         attempts = record.attempts + (1 if attempt else 0)
         if attempt and self.max_attempts is not None and attempts >= self.max_attempts:
             tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
             why = f"gave up after {tries} ({reason or 'released'})"
-            self._dead_letter(claim, Record(attempts, why))
+            yield from self._dead_letter(claim, Record(attempts, why))
             return "failed"
         # Counted before the move: a worker that dies between the two over-counts by one,
         # which errs towards dead-lettering rather than retrying forever.
-        self._remember(claim.name, Record(attempts, reason or record.reason))
+        yield from self._remember(claim.name, Record(attempts, reason or record.reason))
         try:
-            self.backend.move("cur", claim.file_name, "new", _successor(claim.file_name))
+            yield step.move("cur", claim.file_name, "new", _successor(claim.file_name))
         except (NotFound, AlreadyExists):
-            raise _lease_lost(claim) from None
+            raise lease_lost(claim) from None
         return "new"
 
-    def _dead_letter(self, claim: Claim, record: Record) -> None:
+    def _dead_letter(self, claim: Claim, record: Record) -> Steps[None]:
         # The generation is kept, so that a requeued message gets a later one: a late
         # worker of an earlier claim must never find its own file name again.
-        self._remember(claim.name, record, generation=split_file_name(claim.file_name)[1])
-        self._make_folder("failed")
+        generation = split_file_name(claim.file_name)[1]
+        yield from self._remember(claim.name, record, generation=generation)
+        yield from self._make_folder("failed")
         with self.holding(claim):
-            self.backend.move("cur", claim.file_name, "failed", claim.name)
+            yield step.move("cur", claim.file_name, "failed", claim.name)
 
     def requeue(self, name: str) -> str:
+        """Move a dead-lettered message back to `new/` (see `requeue_steps`)."""
+        return run(self.backend, self.requeue_steps(name))
+
+    def requeue_steps(self, name: str) -> Steps[str]:
         """Move a dead-lettered message back to `new/`, its attempts reset; return its
         file name there (the generation after the last one it had)."""
-        if not self.backend.exists("failed", name):
+        found: bool = yield step.exists("failed", name)
+        if not found:
             raise NotFound.file(name, "failed", self.backend.url)
-        recorded = self._read_json(RECORDS, name).get("generation")
+        recorded = (yield from self._read_json(RECORDS, name)).get("generation")
         # A record without one (written by an older filespool) gets a generation beyond any
         # a claim can have reached: the time in nanoseconds (19 digits fit the name).
         generation = time.time_ns() if recorded is None else int(recorded) + 1
         # The record first: if the message is dead-lettered again before this returns,
         # its own record (with its later generation) is not overwritten afterwards.
-        self._remember(name, Record(), generation=generation)
+        yield from self._remember(name, Record(), generation=generation)
         requeued = file_name(name, generation)
-        self.backend.move("failed", name, "new", requeued)
+        yield step.move("failed", name, "new", requeued)
         return requeued
 
     # -- the deduplication window ------------------------------------------------------
 
-    def first_delivery(self, message: str) -> bool:
+    def first_delivery(self, message: str) -> Steps[bool]:
         """With a deduplication window, mark `message` delivered; False if it was delivered
         within the window already (then this delivery is a duplicate). True without one."""
         if self.dedup_window is None:
             return True
-        self._make_folder(DELIVERIES)
+        yield from self._make_folder(DELIVERIES)
         mark = json.dumps({"acked": False}).encode()
         while True:
             try:
                 # Unsettled means nothing is there: nobody takes marks away, so write again.
-                if not self.backend.put(DELIVERIES, message, mark, durable=self.durable):
+                unsettled: bool = yield step.put(DELIVERIES, message, mark, durable=self.durable)
+                if not unsettled:
                     return True
             except AlreadyExists:
                 try:
-                    delivered = self.backend.info(DELIVERIES, message).changed
+                    entry: Entry = yield step.info(DELIVERIES, message)
                 except NotFound:
                     continue  # expired and dropped meanwhile: mark it afresh
-                if time.time() - delivered < self.dedup_window:
+                if time.time() - entry.changed < self.dedup_window:
                     return False
-                self.backend.replace(DELIVERIES, message, mark, durable=self.durable)
+                yield step.replace(DELIVERIES, message, mark, durable=self.durable)
                 return True
 
-    def was_acked(self, message: str) -> bool:
+    def was_acked(self, message: str) -> Steps[bool]:
         """Whether the message's delivery mark says it was acked (within the window)."""
-        return bool(self._read_json(DELIVERIES, message).get("acked"))
+        return bool((yield from self._read_json(DELIVERIES, message)).get("acked"))
 
-    def _mark_acked(self, message: str) -> None:
-        if self.dedup_window is not None:
-            self._write_json(DELIVERIES, message, {"acked": True})
+    def _mark_acked(self, message: str) -> Steps[None]:
+        yield from self._write_json(DELIVERIES, message, {"acked": True})
 
-    def drop_expired_marks(self) -> None:
+    def drop_expired_marks(self) -> Steps[None]:
         """Remove the delivery marks older than the deduplication window."""
         if self.dedup_window is None:
             return
         now = time.time()
-        for entry in self.scan(DELIVERIES):
+        for entry in (yield from self.scan(DELIVERIES)):
             if now - entry.changed >= self.dedup_window:
-                self.backend.discard(DELIVERIES, entry.name)
+                yield step.discard(DELIVERIES, entry.name)
 
     # -- records -----------------------------------------------------------------------
 
     def record(self, name: str) -> Record:
+        """The record of a message (see `record_steps`)."""
+        return run(self.backend, self.record_steps(name))
+
+    def record_steps(self, name: str) -> Steps[Record]:
         """The record of a message (by its name, or the name of any generation of it)."""
         message = split_file_name(name.rpartition("/")[2])[0]
-        fields = self._read_json(RECORDS, message)
+        fields = yield from self._read_json(RECORDS, message)
         return Record(int(fields.get("attempts", 0)), fields.get("reason"))
 
-    def _remember(self, message: str, record: Record, *, generation: int | None = None) -> None:
+    def _remember(
+        self, message: str, record: Record, *, generation: int | None = None
+    ) -> Steps[None]:
         fields: dict[str, Any] = {"attempts": record.attempts, "reason": record.reason}
         if generation is not None:
             fields["generation"] = generation
-        self._write_json(RECORDS, message, fields)
+        yield from self._write_json(RECORDS, message, fields)
 
-    def _read_json(self, folder: str, message: str) -> dict[str, Any]:
+    def _read_json(self, folder: str, message: str) -> Steps[dict[str, Any]]:
         """A small JSON file of the queue's own (a record, a mark); empty if there is none."""
         try:
-            with self.backend.open(folder, message) as file:
-                fields: dict[str, Any] = json.loads(file.read())
+            data: bytes = yield step.read(folder, message)
         except (NotFound, NotPrepared):
             return {}
+        fields: dict[str, Any] = json.loads(data)
         return fields
 
-    def _write_json(self, folder: str, message: str, fields: dict[str, Any]) -> None:
-        self._make_folder(folder)
-        self.backend.replace(folder, message, json.dumps(fields).encode(), durable=self.durable)
+    def _write_json(self, folder: str, message: str, fields: dict[str, Any]) -> Steps[None]:
+        yield from self._make_folder(folder)
+        data = json.dumps(fields).encode()
+        yield step.replace(folder, message, data, durable=self.durable)
 
-    def _forget(self, message: str) -> None:
-        if self._records_may_exist():
-            self.backend.discard(RECORDS, message)
-
-    def _records_may_exist(self) -> bool:
-        """Whether the records folder exists: until a file is given back or fails, it does
-        not, and an ack need not try to delete a record. Checked at most once a second; a
-        record missed meanwhile is an orphan that `drop_orphan_records()` removes."""
-        if self._records_exist:
-            return True
-        now = time.monotonic()
-        if now - self._records_checked >= 1.0:
-            self._records_checked = now
+    def _forget(self, message: str) -> Steps[None]:
+        """Remove the message's record, if the records folder exists: until a file is given
+        back or fails, it does not, and an ack need not try to delete a record. Looked for
+        at most once a second; a record missed meanwhile is an orphan that
+        `drop_orphan_records()` removes."""
+        if not self._records_exist and self._time_to_look_for_records():
+            self._records_checked = time.monotonic()
             try:
-                self.backend.exists(RECORDS, "any")
+                yield step.exists(RECORDS, "any")
                 self._records_exist = True
             except NotPrepared:
                 pass
-        return self._records_exist
+        if self._records_exist:
+            yield step.discard(RECORDS, message)
 
-    def drop_orphan_records(self, older_than: float) -> None:
+    def _time_to_look_for_records(self) -> bool:
+        return time.monotonic() - self._records_checked >= 1.0
+
+    def drop_orphan_records(self, older_than: float) -> Steps[None]:
         """Remove records, untouched for `older_than` seconds, of messages in no folder."""
         now = time.time()
-        old = [e.name for e in self.scan(RECORDS) if now - e.changed >= older_than]
+        entries = yield from self.scan(RECORDS)
+        old = [e.name for e in entries if now - e.changed >= older_than]
         if not old:
             return
-        present = self._messages_present()
+        present = yield from self._messages_present()
         for message in old:
             if message not in present:
-                self._forget(message)
+                yield from self._forget(message)
 
-    def _make_folder(self, folder: str) -> None:
+    def _make_folder(self, folder: str) -> Steps[None]:
         if folder not in self._made_folders:
-            self.backend.create_folders([folder])
+            yield step.create_folders([folder])
             self._made_folders.add(folder)
             self._records_exist |= folder == RECORDS
 
-    def scan(self, folder: str) -> list[Entry]:
+    def scan(self, folder: str) -> Steps[list[Entry]]:
         """`Backend.scan`, with an empty list for a folder not made yet."""
-        with self.unless_not_made_yet(folder):
-            return self.backend.scan(folder)
-        return []
+        return (yield from self.unless_not_made_yet(folder, step.scan(folder), []))
 
-    @contextmanager
-    def unless_not_made_yet(self, folder: str) -> Iterator[None]:
-        """Let `NotPrepared` pass for a folder made on first use, if the store is prepared."""
+    def unless_not_made_yet(self, folder: str, listing: step.Call, empty: T) -> Steps[T]:
+        """What `listing` (a call on `folder`) gives, or `empty` where it raises
+        `NotPrepared` for a folder made on first use, if the store is prepared."""
         try:
-            yield
+            result: T = yield listing
+            return result
         except NotPrepared:
             if folder not in LAZY_FOLDERS:
                 raise
-            self.backend.list_names("new")  # raises NotPrepared if the whole store is
+            yield step.list_names("new")  # raises NotPrepared if the whole store is
+            return empty
 
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self, limit: float) -> Recovery:
         """Give back every claim whose lease is older than `limit` seconds."""
+        return run(self.backend, self.recover_steps(limit))
+
+    def recover_steps(self, limit: float) -> Steps[Recovery]:
+        """`recover`, as steps."""
         returned: list[str] = []
         failed: list[str] = []
-        for entry in self.backend.scan("cur"):
+        entries: list[Entry] = yield step.scan("cur")
+        for entry in entries:
             if not _is_queued(entry.name) or time.time() - entry.changed < limit:
                 continue
-            taken = self._take_over(entry.name)
+            taken = yield from self._take_over(entry.name)
             if taken is None:
                 continue
             try:
-                folder = self._give_back(taken, f"lease expired after {limit:g} s")
+                folder = yield from self._give_back(taken, f"lease expired after {limit:g} s")
             except LeaseLost:
                 continue  # we stalled for a whole lease, and another recoverer took over
             (returned if folder == "new" else failed).append(taken.name)
         return Recovery(returned, failed)
 
-    def _take_over(self, name: str) -> Claim | None:
+    def _take_over(self, name: str) -> Steps[Claim | None]:
         """Move an expired claim's file to its next generation, so that its worker can do
         nothing more with it; `None` if the worker (or another recoverer) moved first."""
         # A claim interrupted between its copy and its delete (copy-then-delete storage)
         # leaves the file in new/ too. Once we hold it, that copy must go, or it would be
         # claimed again alongside the one we give back.
-        interrupted = self.backend.exists("new", name) and self.backend.same_file(
-            "new", "cur", name
+        interrupted: bool = (yield step.exists("new", name)) and (
+            yield step.same_file("new", "cur", name)
         )
         claim = self.claim_of(name)
         try:
-            self.extend(claim)
+            yield from self.extend_steps(claim)
         except LeaseLost:
             return None  # acked, renewed or taken over since the scan
         if interrupted:
-            self.backend.discard("new", name)
+            yield step.discard("new", name)
         return claim
 
 
@@ -591,7 +663,7 @@ def _message_of(name: str) -> str:
     return name.rpartition(GENERATION_MARK)[0] or name
 
 
-def _lease_lost(claim: Claim) -> LeaseLost:
+def lease_lost(claim: Claim) -> LeaseLost:
     return LeaseLost(
         f"the claim of {claim.name!r} (as {claim.file_name!r} in cur/ of {claim.queue.backend.url})"
         " no longer holds the file: its lease expired and it was taken back, or it was "

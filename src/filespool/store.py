@@ -10,14 +10,16 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, BinaryIO, Literal, TextIO, overload
+from typing import Any, BinaryIO, Literal, TextIO, TypeVar, overload
 
+from filespool import _steps as step
 from filespool import backends
-from filespool.backends.base import STAGING_FOLDER, Backend
+from filespool._steps import Steps, run
+from filespool.backends.base import STAGING_FOLDER, Backend, Entry
 from filespool.errors import (
     AlreadyExists,
     FileStoreError,
@@ -39,6 +41,7 @@ _PREPARED_FOLDERS = (STAGING_FOLDER, "new", "cur")  # failed/ is made on first u
 MAILDIR_TMP_AGE = 36 * 3600
 """Maildir's rule: a file in `tmp/` untouched for 36 hours may be removed."""
 
+C = TypeVar("C", bound=str)
 Name = str | os.PathLike[str]
 """A bare file name, or a full path name as returned by `FileStore.list`."""
 
@@ -125,7 +128,11 @@ class FileStore:
 
         `failed/` appears when the first file is dead-lettered.
         """
-        self.backend.create_folders(_PREPARED_FOLDERS)
+        run(self.backend, self.prepare_steps())
+
+    def prepare_steps(self) -> Steps[None]:
+        """`prepare`, as steps (`filespool._steps`; the asyncio face runs them)."""
+        yield step.create_folders(_PREPARED_FOLDERS)
 
     @overload
     def create(self, name: Name, mode: Literal["w"] = "w") -> TextIO: ...
@@ -156,9 +163,14 @@ class FileStore:
         A file given back or renewed carries its generation (`name:N`, see
         `Claim.file_name`).
         """
-        names: builtins.list[str] = []
-        with self._queue.unless_not_made_yet(_check_folder(folder)):
-            names = self.backend.list_names(folder)
+        return run(self.backend, self.names_steps(folder))
+
+    def names_steps(self, folder: str) -> Steps[builtins.list[str]]:
+        """`names`, as steps."""
+        _check_folder(folder)
+        names: builtins.list[str] = yield from self._queue.unless_not_made_yet(
+            folder, step.list_names(folder), []
+        )
         return sorted(name for name in names if not name.startswith("."))
 
     def move(self, name: Name, source: str, destination: str) -> None:
@@ -204,11 +216,30 @@ class FileStore:
         """
         payload = _as_bytes(data)
         bare = unique_name() if name is None else validate_name(name)
-        if not self._queue.first_delivery(bare) and self._delivered(bare):
+        if self._queue.dedup_window is not None:
+            return run(self.backend, self._deliver(payload, bare))
+        # The common case, one put, without the steps' overhead (as `_deliver` does it).
+        if self.backend.put("new", bare, payload, durable=self.durable):
+            run(self.backend, self._settle(bare, payload))
+        return bare
+
+    def deliver_steps(self, data: bytes | str, name: str | None = None) -> Steps[str]:
+        """`deliver`, as steps (its input checked at the call)."""
+        payload = _as_bytes(data)
+        bare = unique_name() if name is None else validate_name(name)
+        return self._deliver(payload, bare)
+
+    def _deliver(self, payload: bytes, bare: str) -> Steps[str]:
+        if (
+            self._queue.dedup_window is not None
+            and not (yield from self._queue.first_delivery(bare))
+            and (yield from self._delivered(bare))
+        ):
             return bare  # delivered within the deduplication window: not published again
         try:
-            if self.backend.put("new", bare, payload, durable=self.durable):
-                self._settle(bare, payload)
+            unsettled: bool = yield step.put("new", bare, payload, durable=self.durable)
+            if unsettled:
+                yield from self._settle(bare, payload)
         except AlreadyExists:
             if self._queue.dedup_window is None:
                 raise
@@ -278,14 +309,7 @@ class FileStore:
         else:
             with ThreadPoolExecutor(max_workers=window) as pool:
                 errors = builtins.list(pool.map(apply, batch))
-        for error in errors:
-            if error is not None and not isinstance(error, LeaseLost):
-                raise error
-        return [
-            claim
-            for claim, error in zip(batch, errors, strict=True)
-            if isinstance(error, LeaseLost)
-        ]
+        return lost_claims(batch, errors)
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in
@@ -296,10 +320,22 @@ class FileStore:
         cannot be published, raises `PartialDelivery`, which says which were (or, if none
         was, the error itself).
         """
+        return run(self.backend, self.deliver_many_steps(messages))
+
+    def deliver_many_steps(self, messages: Iterable[bytes | str]) -> Steps[builtins.list[str]]:
+        """`deliver_many`, as steps (the messages read at the call)."""
         items = [(unique_name(), _as_bytes(data)) for data in messages]
+        return self._deliver_many(items)
+
+    def _deliver_many(self, items: builtins.list[tuple[str, bytes]]) -> Steps[builtins.list[str]]:
         if self._queue.dedup_window is not None:  # each name marked first: one at a time
-            return [self.deliver(data, name) for name, data in items]
-        results = self.backend.put_many("new", items, durable=self.durable)
+            names = []
+            for name, data in items:
+                names.append((yield from self._deliver(data, name)))
+            return names
+        results: builtins.list[bool | FileStoreError] = yield step.put_many(
+            "new", items, durable=self.durable
+        )
         delivered: builtins.list[str] = []
         failed: dict[str, FileStoreError] = {}
         for (name, data), result in zip(items, results, strict=True):
@@ -307,7 +343,7 @@ class FileStore:
                 failed[name] = result
                 continue
             if result:
-                self._settle(name, data)
+                yield from self._settle(name, data)
             delivered.append(name)
         if failed and not delivered:
             raise next(iter(failed.values()))
@@ -315,18 +351,21 @@ class FileStore:
             raise PartialDelivery(delivered, failed)
         return delivered
 
-    def _settle(self, name: str, payload: bytes) -> None:
+    def _settle(self, name: str, payload: bytes) -> Steps[None]:
         """After a write whose outcome is unknown (its answer lost, and nothing under the
         name now): it may have landed and been claimed since, so publish it again only
         while it is not delivered."""
-        while not self._delivered(name):
-            if not self.backend.put("new", name, payload, durable=self.durable):
+        while not (yield from self._delivered(name)):
+            unsettled: bool = yield step.put("new", name, payload, durable=self.durable)
+            if not unsettled:
                 return
 
-    def _delivered(self, name: str) -> bool:
+    def _delivered(self, name: str) -> Steps[bool]:
         """Whether the message is in the spool, or marked acked (with a window). A mark
         alone is not enough: its producer may have died before publishing the message."""
-        return self._queue.is_anywhere(name) or self._queue.was_acked(name)
+        return (yield from self._queue.is_anywhere(name)) or (
+            yield from self._queue.was_acked(name)
+        )
 
     def claim(self, wait: float | None = None) -> Claim | None:
         """Move one file from `new/` to `cur/` and return it; `None` if there is none.
@@ -335,18 +374,35 @@ class FileStore:
         sharing the storage) exactly one gets each file. With `wait` (seconds),
         poll with backoff until a file arrives or the time is up.
         """
-        claimed = self._queue.claim()
-        if claimed is not None or wait is None:
+        if wait is None:
+            return self._queue.claim()
+        return run(self.backend, self._claim_waiting(wait))
+
+    def claim_steps(self, wait: float | None = None) -> Steps[Claim | None]:
+        """`claim`, as steps."""
+        return self._queue.claim_steps() if wait is None else self._claim_waiting(wait)
+
+    def _claim_waiting(self, wait: float) -> Steps[Claim | None]:
+        claimed = yield from self._queue.claim_steps()
+        if claimed is not None:
             return claimed
         for pause in poll_pauses(wait):
-            time.sleep(pause)
-            if (claimed := self._queue.claim()) is not None:
+            yield step.Sleep(pause)
+            if (claimed := (yield from self._queue.claim_steps())) is not None:
                 return claimed
         return None
 
     def read(self, name: Name, folder: str) -> bytes:
         """A file's whole content."""
         return self.backend.read(folder, self._bare_name(name, folder))
+
+    def read_steps(self, name: Name, folder: str) -> Steps[bytes]:
+        """`read`, as steps (`name` checked at the call)."""
+        return self._read(folder, self._bare_name(name, folder))
+
+    def _read(self, folder: str, bare: str) -> Steps[bytes]:
+        data: bytes = yield step.read(folder, bare)
+        return data
 
     def ack(self, name: Name) -> None:
         """Finish a claim: remove its file from `cur/` (and the store's record of it).
@@ -370,6 +426,10 @@ class FileStore:
         """
         return self._queue.requeue(validate_name(name))
 
+    def requeue_steps(self, name: str) -> Steps[str]:
+        """`requeue`, as steps (`name` checked at the call)."""
+        return self._queue.requeue_steps(validate_name(name))
+
     def fail(self, name: Name, reason: str) -> None:
         """Dead-letter a claimed file: move it to `failed/`, keeping `reason`.
 
@@ -389,6 +449,10 @@ class FileStore:
         """What the store remembers of a message: attempts given back, and a failure reason."""
         return self._queue.record(os.fspath(name))
 
+    def record_steps(self, name: Name) -> Steps[Record]:
+        """`record`, as steps."""
+        return self._queue.record_steps(os.fspath(name))
+
     def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back every claim whose lease is older than `older_than` (seconds).
 
@@ -399,6 +463,10 @@ class FileStore:
         """
         return self._queue.recover(_seconds(older_than))
 
+    def recover_steps(self, older_than: float | timedelta) -> Steps[Recovery]:
+        """`recover`, as steps."""
+        return self._queue.recover_steps(_seconds(older_than))
+
     def cleanup(self, older_than: float | timedelta = MAILDIR_TMP_AGE) -> builtins.list[str]:
         """Remove files (and abandoned staging files) untouched in `tmp/` for `older_than`.
 
@@ -406,25 +474,37 @@ class FileStore:
         delivery marks older than the deduplication window.
         Returns the names removed from `tmp/`.
         """
+        return run(self.backend, self.cleanup_steps(older_than))
+
+    def cleanup_steps(
+        self, older_than: float | timedelta = MAILDIR_TMP_AGE
+    ) -> Steps[builtins.list[str]]:
+        """`cleanup`, as steps."""
         limit = _seconds(older_than)
         removed: builtins.list[str] = []
-        for entry in self.backend.scan(STAGING_FOLDER):
+        entries: builtins.list[Entry] = yield step.scan(STAGING_FOLDER)
+        for entry in entries:
             if time.time() - entry.changed >= limit:
                 try:
-                    self.backend.remove(STAGING_FOLDER, entry.name)
+                    yield step.remove(STAGING_FOLDER, entry.name)
                 except NotFound:
                     continue
                 removed.append(entry.name)
-        self._queue.drop_orphan_records(limit)
-        self._queue.drop_expired_marks()
+        yield from self._queue.drop_orphan_records(limit)
+        yield from self._queue.drop_expired_marks()
         return sorted(name for name in removed if not name.startswith("."))
 
     def stats(self) -> builtins.dict[str, FolderStats]:
         """For each folder, how many files it holds and how long the oldest has been there."""
+        return run(self.backend, self.stats_steps())
+
+    def stats_steps(self) -> Steps[builtins.dict[str, FolderStats]]:
+        """`stats`, as steps."""
         now = time.time()
         result: builtins.dict[str, FolderStats] = {}
         for folder in FOLDERS:
-            times = [e.changed for e in self._queue.scan(folder) if not e.name.startswith(".")]
+            entries = yield from self._queue.scan(folder)
+            times = [e.changed for e in entries if not e.name.startswith(".")]
             result[folder] = FolderStats(len(times), now - min(times) if times else None)
         return result
 
@@ -464,6 +544,17 @@ def _check_folder(folder: object) -> str:
 def _check_mode(mode: object, allowed: tuple[str, ...]) -> None:
     if mode not in allowed:
         raise InvalidMode(f"mode {mode!r} is not supported here; use one of {', '.join(allowed)}")
+
+
+def lost_claims(batch: Sequence[C], errors: Sequence[BaseException | None]) -> builtins.list[C]:
+    """The claims of a finished batch whose step raised `LeaseLost`; raises the first other
+    error (every claim of the batch has had its turn by then)."""
+    for error in errors:
+        if error is not None and not isinstance(error, LeaseLost):
+            raise error
+    return [
+        claim for claim, error in zip(batch, errors, strict=True) if isinstance(error, LeaseLost)
+    ]
 
 
 def poll_pauses(wait: float) -> Iterator[float]:

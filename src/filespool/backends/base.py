@@ -12,11 +12,13 @@ those guarantees (docs/writing-a-backend.md walks through writing one).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from filespool.errors import FileStoreError, NotFound, NotPrepared
 
@@ -59,6 +61,10 @@ class Backend(ABC):
 
     The contract suite, `filespool.testing.SpoolContract`, checks each guarantee below.
     """
+
+    native_async: frozenset[str] = frozenset()
+    """The methods `call_async` runs as coroutines on the caller's event loop; every other
+    method it runs in a worker thread."""
 
     concurrency: int = 1
     """How many requests are worth having in flight at once: 1 for storage that answers
@@ -207,3 +213,34 @@ class Backend(ABC):
         folders, interrupted between its two steps, leaves. Files written separately are
         never the same file, even with the same bytes; False if either is missing.
         Storage whose moves take one step may answer by identity alone."""
+
+    async def call_async(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one of this interface's methods, by name, for an asyncio caller.
+
+        Same arguments, result and errors as the method itself, except that `iter_names`
+        may give an `AsyncIterator`. The default runs the method in a worker thread, so the
+        caller's loop never blocks; a backend whose storage is a network service overrides
+        this for the methods it names in `native_async`, making their requests on the
+        running loop.
+        """
+        return await asyncio.to_thread(getattr(self, method), *args, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close what `call_async` opened for the running event loop (its connections).
+
+        Call it before that loop ends; the backend stays usable (a later call opens them
+        again). Nothing to do by default.
+        """
+        return
+
+
+async def next_names(listing: Iterator[str] | AsyncIterator[str], count: int) -> list[str]:
+    """Up to `count` names from a listing that `call_async("iter_names", ...)` gave."""
+    if isinstance(listing, AsyncIterator):
+        names: list[str] = []
+        async for name in listing:
+            names.append(name)
+            if len(names) == count:
+                break
+        return names
+    return await asyncio.to_thread(lambda: list(itertools.islice(listing, count)))

@@ -11,23 +11,22 @@ option `claim_method`. See `docs/s3.md`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
-import itertools
 import os
 import random
 import re
 import threading
-import time
 import uuid
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, ParamSpec, TypeVar
 
 import fsspec.asyn
 from aiobotocore.httpsession import AIOHTTPSession
@@ -104,6 +103,8 @@ _BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 # Setup mistakes (a bad option, profile or credential): one clear error, not a traceback.
 _SETUP_ERRORS = (ParamValidationError, PartialCredentialsError, ProfileNotFound, NoRegionError)
 _sessions: dict[int, AioSession] = {}
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 def _shared_session() -> AioSession:
@@ -198,7 +199,30 @@ class S3Backend(Backend):
     that are copied in ranged parts), and `concurrency` (requests a batch keeps in
     flight, 16). Safe to share between threads; a pickled
     copy builds its own client.
+
+    Every operation is one coroutine, run by the sync methods on s3fs's IO loop and by
+    `call_async` on the caller's loop, with a client of that loop (`aclose` closes it).
     """
+
+    native_async = frozenset(
+        {
+            "list_names",
+            "iter_names",
+            "scan",
+            "info",
+            "exists",
+            "read",
+            "put",
+            "put_many",
+            "move",
+            "copy",
+            "remove",
+            "discard",
+            "replace",
+            "same_file",
+            "create_folders",
+        }
+    )
 
     def __init__(
         self,
@@ -245,10 +269,17 @@ class S3Backend(Backend):
         self._setup()
 
     def _setup(self) -> None:
-        self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
+        self._lock = threading.Lock()  # short in-memory sections only, never across an await
+        self._fs_lock = threading.Lock()
         self._fs: S3FileSystem | None = None
         self._fs_pid = 0
+        self._session: tuple[int, AioSession] | None = None
+        # The async face's filesystems, one per event loop (each holds its loop, so an
+        # entry goes by `aclose`, or once its loop is closed, not by the weak key alone).
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Task[S3FileSystem]
+        ] = weakref.WeakKeyDictionary()
+        self._probes: dict[asyncio.AbstractEventLoop, asyncio.Task[str]] = {}
         self._prepared: set[str] = set()
         self._versions: OrderedDict[tuple[str, str], _Version] = OrderedDict()
 
@@ -256,9 +287,12 @@ class S3Backend(Backend):
         state = self.__dict__.copy()
         for unpicklable_or_cache in (
             "_lock",
-            "_probe_lock",
+            "_fs_lock",
             "_fs",
             "_fs_pid",
+            "_session",
+            "_clients",
+            "_probes",
             "_prepared",
             "_versions",
         ):
@@ -279,45 +313,170 @@ class S3Backend(Backend):
     def folder_path(self, folder: str) -> str:
         return f"{self.url}/{folder}"
 
+    # -- clients ---------------------------------------------------------------
+
     @property
     def fs(self) -> S3FileSystem:
-        """This process's s3fs filesystem (built on first use, and again after a fork)."""
-        with self._lock:
+        """This process's s3fs filesystem for the sync methods, on s3fs's IO loop (built on
+        first use, and again after a fork)."""
+        with self._fs_lock:
             if self._fs is None or self._fs_pid != os.getpid():
-                options = {**self.storage_options}
-                options.update(use_listings_cache=False, skip_instance_cache=True)
-                if not _SESSION_OPTIONS & options.keys():
-                    options["session"] = _shared_session()
-                config = options.get("config_kwargs", {})
-                options["config_kwargs"] = {
-                    **config,
-                    "http_session_cls": _NoResendSession,
-                    # botocore's pool holds 10 connections: a batch of more would queue.
-                    "max_pool_connections": max(
-                        config.get("max_pool_connections", 10), self.concurrency
-                    ),
-                }
                 try:
-                    fs = S3FileSystem(**options)
-                    _check_conditions_supported(fs.s3)
+                    fs = S3FileSystem(**self._fs_options())
+                    _arm(fs)  # fs.s3 connects
                 except _SETUP_ERRORS as error:
-                    raise S3StorageError(f"cannot set up S3 for {self.url}: {error}") from None
-                fs.s3.meta.events.register_first("needs-retry.s3", _no_blind_retry)
+                    raise self._setup_failed(error) from None
                 self._fs, self._fs_pid = fs, os.getpid()
             return self._fs
 
     @property
     def client(self) -> Any:
-        """The raw aiobotocore S3 client (for event hooks; its methods are coroutines)."""
+        """The sync methods' raw aiobotocore S3 client (for event hooks; its methods are
+        coroutines). `call_async` uses a client of its own per event loop: a hook meant
+        for both goes in the storage option `event_hooks` (an `AioHierarchicalEmitter`)."""
         return self.fs.s3
+
+    def _fs_options(self) -> dict[str, Any]:
+        """The options of every s3fs filesystem of this backend, whichever its loop."""
+        options = {k: v for k, v in self.storage_options.items() if k not in _SESSION_OPTIONS}
+        options.update(
+            use_listings_cache=False, skip_instance_cache=True, session=self._botocore_session()
+        )
+        config = options.get("config_kwargs", {})
+        options["config_kwargs"] = {
+            **config,
+            "http_session_cls": _NoResendSession,
+            # botocore's pool holds 10 connections: a batch of more would queue.
+            "max_pool_connections": max(config.get("max_pool_connections", 10), self.concurrency),
+        }
+        return options
+
+    def _botocore_session(self) -> AioSession:
+        """The session given, else one made of the session options (shared by this backend's
+        clients: a session given event hooks must be made once, or its emitter gets botocore's
+        own handlers twice), else the process's."""
+        given = self.storage_options.get("session")
+        if given is not None:
+            return given
+        keywords = {k: v for k, v in self.storage_options.items() if k in _SESSION_OPTIONS}
+        if not keywords:
+            return _shared_session()
+        with self._lock:
+            if self._session is None or self._session[0] != os.getpid():
+                self._session = (os.getpid(), AioSession(**keywords))
+            return self._session[1]
+
+    async def _client(self) -> Any:
+        """The raw client for the running event loop: the sync face's on s3fs's IO loop,
+        else one this backend opened for the loop."""
+        loop = asyncio.get_running_loop()
+        if loop is fsspec.asyn.loop[0]:
+            if self._fs is not None and self._fs_pid == os.getpid():
+                return self._fs.s3
+            # Built in a worker thread: building waits on this very loop.
+            return (await asyncio.to_thread(lambda: self.fs)).s3
+        with self._lock:
+            task = self._clients.get(loop)
+        if task is None:
+            # Outside the lock: an eager task factory runs the task at once. No other task of
+            # this loop runs before it is recorded (no await between), and other threads
+            # have loops of their own.
+            task = loop.create_task(self._connect())
+            with self._lock:
+                for closed in [other for other in self._clients if other.is_closed()]:
+                    del self._clients[closed]  # never closed by aclose; unusable now
+                self._clients[loop] = task
+        try:
+            # Shielded: a caller cancelled while the client opens must not cancel it for
+            # the others waiting on it.
+            opened = await asyncio.shield(task)
+        except BaseException:
+            if task.done() and (task.cancelled() or task.exception() is not None):
+                # It failed (not just this caller, cancelled): the next call tries again.
+                with self._lock:
+                    if self._clients.get(loop) is task:
+                        del self._clients[loop]
+            raise
+        return opened.s3
+
+    async def _connect(self) -> S3FileSystem:
+        """An s3fs filesystem on the running loop, set up as the sync face's is."""
+        try:
+            fs = S3FileSystem(
+                asynchronous=True, loop=asyncio.get_running_loop(), **self._fs_options()
+            )
+            await fs.set_session()
+        except _SETUP_ERRORS as error:
+            raise self._setup_failed(error) from None
+        try:
+            _arm(fs)
+        except BaseException:
+            await _close(fs)
+            raise
+        return fs
+
+    async def aclose(self) -> None:
+        """Close the client `call_async` opened for the running loop; a later call opens
+        another."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._clients.pop(loop, None)
+        if task is None:
+            return
+        try:
+            fs = await task
+        except Exception:
+            return  # it never opened
+        await _close(fs)
+
+    def _setup_failed(self, error: Exception) -> S3StorageError:
+        return S3StorageError(f"cannot set up S3 for {self.url}: {error}")
+
+    # -- the two faces -------------------------------------------------------------
+
+    async def call_async(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run a method's coroutine on the running loop if it is in `native_async` (for
+        `iter_names`, an `AsyncIterator` read in pages), else in a worker thread."""
+        if method not in self.native_async:
+            return await super().call_async(method, *args, **kwargs)
+        return await getattr(self, f"_{method}")(*args, **kwargs)
+
+    def _run(
+        self, function: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run a coroutine of this backend on s3fs's IO loop, for a sync method."""
+        result: _T = fsspec.asyn.sync(self.fs.loop, function, *args, **kwargs)
+        return result
 
     @property
     def method(self) -> str:
         """The claim method in use, `"copy"` or `"multipart"`; probes the server once."""
-        with self._probe_lock:
-            if self._method is None:
-                self._method = self._probe()
+        if self._method is not None:
             return self._method
+        return self._run(self._claim_method)
+
+    async def _claim_method(self) -> str:
+        if self._method is not None:
+            return self._method
+        # One probe at a time per event loop, which the sync face's threads share; loops
+        # of the async face may probe at once, harmlessly: they agree.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            probe = self._probes.get(loop)
+        if probe is None:
+            probe = loop.create_task(self._probe())  # outside the lock, as in `_client`
+            with self._lock:
+                self._probes[loop] = probe
+            probe.add_done_callback(partial(self._probed, loop))
+        self._method = await asyncio.shield(probe)  # a cancelled mover leaves it to others
+        return self._method
+
+    def _probed(self, loop: asyncio.AbstractEventLoop, probe: asyncio.Task[str]) -> None:
+        with self._lock:
+            if self._probes.get(loop) is probe:
+                del self._probes[loop]
+        if not probe.cancelled():
+            probe.exception()  # retrieved, even if every mover waiting on it was cancelled
 
     # -- keys ----------------------------------------------------------------
 
@@ -330,47 +489,67 @@ class S3Backend(Backend):
     # -- folders ---------------------------------------------------------------
 
     def create_folders(self, folders: Iterable[str]) -> None:
+        self._run(self._create_folders, folders)
+
+    async def _create_folders(self, folders: Iterable[str]) -> None:
         for folder in folders:
             # A zero-byte marker per folder; writing it proves the bucket is reachable and
             # writable. A plain PUT: rewriting an existing marker is harmless.
-            self._call("put_object", Key=self._folder_key(folder), Body=b"")
+            await self._call("put_object", Key=self._folder_key(folder), Body=b"")
             with self._lock:
                 self._prepared.add(folder)
 
-    def _check_prepared(self, folder: str) -> None:
+    async def _check_prepared(self, folder: str) -> None:
         """Raise NotPrepared unless the folder's marker exists (once seen, remembered)."""
         with self._lock:
             if folder in self._prepared:
                 return
-        if self._head(self._folder_key(folder)) is None:
+        if await self._head(self._folder_key(folder)) is None:
             raise NotPrepared.folder(folder, self.url)
         with self._lock:
             self._prepared.add(folder)
 
-    def _not_found(self, folder: str, name: str) -> NoReturn:
-        self._check_prepared(folder)
+    async def _not_found(self, folder: str, name: str) -> NoReturn:
+        await self._check_prepared(folder)
         raise NotFound.file(name, folder, self.url)
 
     # -- listing -----------------------------------------------------------------
 
     def list_names(self, folder: str) -> list[str]:
-        return [entry.name for entry in self.scan(folder)]
+        return self._run(self._list_names, folder)
+
+    async def _list_names(self, folder: str) -> list[str]:
+        return [entry.name for entry in await self._scan(folder)]
 
     def iter_names(self, folder: str) -> Iterator[str]:
         pages = self._pages(folder)
-        first = next(pages)  # NotPrepared at once, not at the first name
-        return (entry.name for page in itertools.chain([first], pages) for entry in page)
+        first = self._run(_next_page, pages)  # NotPrepared at once, not at the first name
+
+        def names(page: list[Entry] | None) -> Iterator[str]:
+            while page is not None:
+                yield from (entry.name for entry in page)
+                page = self._run(_next_page, pages)
+
+        return names(first)
+
+    async def _iter_names(self, folder: str) -> AsyncIterator[str]:
+        pages = self._pages(folder)
+        first = await _next_page(pages)  # NotPrepared at the call, not at the first name
+        return _names(first, pages)
 
     def scan(self, folder: str) -> list[Entry]:
-        return [entry for page in self._pages(folder) for entry in page]
+        return self._run(self._scan, folder)
 
-    def _pages(self, folder: str) -> Iterator[list[Entry]]:
+    async def _scan(self, folder: str) -> list[Entry]:
+        return [entry async for page in self._pages(folder) for entry in page]
+
+    async def _pages(self, folder: str) -> AsyncIterator[list[Entry]]:
         """The folder's files, a page (up to 1,000) at a time, straight from the server."""
         prefix = self._folder_key(folder)
         token: str | None = None
         first = True
         while True:
-            page = self._call(
+            page = await self._call(
                 "list_objects_v2",
                 Prefix=prefix,
                 Delimiter="/",  # subfolders come back as CommonPrefixes, not as files
@@ -386,7 +565,7 @@ class S3Backend(Backend):
                 self._know(folder, name, _Version(item["ETag"], int(item["Size"])))
                 entries.append(Entry(name, _whole_seconds(item["LastModified"])))
             if first and not entries:
-                self._check_prepared(folder)
+                await self._check_prepared(folder)
             first = False
             yield entries
             token = page.get("NextContinuationToken")
@@ -394,51 +573,65 @@ class S3Backend(Backend):
                 return
 
     def info(self, folder: str, name: str) -> Entry:
-        head = self._head(self._key(folder, name))
+        return self._run(self._info, folder, name)
+
+    async def _info(self, folder: str, name: str) -> Entry:
+        head = await self._head(self._key(folder, name))
         if head is None:
-            self._not_found(folder, name)
+            await self._not_found(folder, name)
         return Entry(name, _whole_seconds(head["LastModified"]))
 
     def exists(self, folder: str, name: str) -> bool:
-        if self._head(self._key(folder, name)) is not None:
+        return self._run(self._exists, folder, name)
+
+    async def _exists(self, folder: str, name: str) -> bool:
+        if await self._head(self._key(folder, name)) is not None:
             return True
-        self._check_prepared(folder)
+        await self._check_prepared(folder)
         return False
 
     # -- reading and writing -------------------------------------------------------
 
     def open(self, folder: str, name: str) -> BinaryIO:
+        return io.BytesIO(self.read(folder, name))
+
+    def read(self, folder: str, name: str) -> bytes:
+        return self._run(self._read, folder, name)
+
+    async def _read(self, folder: str, name: str) -> bytes:
         try:
-            data = self._sync(self._get_object, self.client, self._key(folder, name))
+            return await self._get_object(self._key(folder, name))
         except ClientError as error:
             if _status(error) == 404:
-                self._not_found(folder, name)
+                await self._not_found(folder, name)
             raise
-        return io.BytesIO(data)
 
-    async def _get_object(self, client: Any, key: str, **params: Any) -> bytes:
-        response = await client.get_object(Bucket=self.bucket, Key=key, **params)
-        async with response["Body"] as body:
-            data: bytes = await body.read()
+    async def _get_object(self, key: str, **params: Any) -> bytes:
+        client = await self._client()
+        with self._errors(client):
+            response = await client.get_object(Bucket=self.bucket, Key=key, **params)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
         return data
 
     def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
+        return self._run(self._put, folder, name, data, durable=durable)
+
+    async def _put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
         # One PUT straight into the folder: S3 shows an object whole or not at all, and
         # once the PUT returns it is durable.
-        self._check_prepared(folder)
+        await self._check_prepared(folder)
         key = self._key(folder, name)
+
+        async def write(metadata: dict[str, str]) -> _Version:
+            response = await self._call(
+                "put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"
+            )
+            return _put_version(response, len(data))
+
         try:
-            version = self._create_exclusive(
-                folder,
-                name,
-                lambda metadata: _put_version(
-                    self._call(
-                        "put_object", Key=key, Body=data, Metadata=metadata, IfNoneMatch="*"
-                    ),
-                    len(data),
-                ),
-                _fresh_metadata(),
-                unsettled_if_missing=True,
+            version = await self._create_exclusive(
+                folder, name, write, _fresh_metadata(), unsettled_if_missing=True
             )
         except _Unsettled:
             return True  # a consumer may have taken it already: the caller looks
@@ -448,50 +641,70 @@ class S3Backend(Backend):
     def put_many(
         self, folder: str, items: Sequence[tuple[str, bytes]], *, durable: bool
     ) -> list[bool | FileStoreError]:
+        return self._run(self._put_many, folder, items, durable=durable)
+
+    async def _put_many(
+        self, folder: str, items: Sequence[tuple[str, bytes]], *, durable: bool
+    ) -> list[bool | FileStoreError]:
         # Up to `concurrency` PUTs in flight, each with its own condition, token and
         # lost-answer handling: S3 is latency-bound, not bandwidth-bound, per request.
-        self._check_prepared(folder)
+        await self._check_prepared(folder)
+        results: list[bool | FileStoreError] = [False] * len(items)
+        work = iter(enumerate(items))  # shared by the workers: each item goes to one
 
-        def put(item: tuple[str, bytes]) -> bool | FileStoreError:
-            try:
-                return self.put(folder, item[0], item[1], durable=durable)
-            except FileStoreError as error:
-                return error
+        async def worker() -> None:
+            for index, (name, data) in work:
+                try:
+                    results[index] = await self._put(folder, name, data, durable=durable)
+                except FileStoreError as error:
+                    results[index] = error
 
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items) or 1)) as pool:
-            return list(pool.map(put, items))
+        workers = [worker() for _ in range(min(self.concurrency, len(items)))]
+        # Every item is tried, as by `put` one at a time, before an unexpected error is
+        # raised (the other workers take over the items of one that died).
+        for outcome in await asyncio.gather(*workers, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return results
 
     def create(self, folder: str, name: str) -> BinaryIO:
-        self._check_prepared(folder)
+        placeholder = self._run(self._reserve, folder, name)
+        return _UploadOnClose(
+            lambda data: self._run(self._finish_create, folder, name, placeholder, data)
+        )
+
+    async def _reserve(self, folder: str, name: str) -> _Version:
+        await self._check_prepared(folder)
         key = self._key(folder, name)
+
         # An empty placeholder reserves the name at create time; the content replaces
         # exactly that placeholder (If-Match) on close.
-        placeholder = self._create_exclusive(
-            folder,
-            name,
-            lambda metadata: _put_version(
-                self._call("put_object", Key=key, Body=b"", Metadata=metadata, IfNoneMatch="*"),
-                0,
-            ),
-            _fresh_metadata(),
-        )
-        return _UploadOnClose(lambda data: self._finish_create(folder, name, placeholder, data))
+        async def write(metadata: dict[str, str]) -> _Version:
+            response = await self._call(
+                "put_object", Key=key, Body=b"", Metadata=metadata, IfNoneMatch="*"
+            )
+            return _put_version(response, 0)
 
-    def _finish_create(self, folder: str, name: str, placeholder: _Version, data: bytes) -> None:
+        return await self._create_exclusive(folder, name, write, _fresh_metadata())
+
+    async def _finish_create(
+        self, folder: str, name: str, placeholder: _Version, data: bytes
+    ) -> None:
         key = self._key(folder, name)
         metadata = _fresh_metadata()
         try:
-            response = self._call(
+            response = await self._call(
                 "put_object", Key=key, Body=data, Metadata=metadata, IfMatch=placeholder.etag
             )
         except (ClientError, _Ambiguous) as error:
             if isinstance(error, ClientError):
                 status = _status(error)
                 if status == 404:
-                    self._not_found(folder, name)
+                    await self._not_found(folder, name)
                 if status != 412:
                     raise
-            head = self._head(key)  # after a lost answer (or a resend), our token says it landed
+            # After a lost answer (or a resend), our token says it landed.
+            head = await self._head(key)
             if head is None or head.get("Metadata", {}).get(_TOKEN) != metadata[_TOKEN]:
                 raise AlreadyExists(
                     f"{name!r} in {folder}/ of {self.url} was replaced while being written"
@@ -501,8 +714,11 @@ class S3Backend(Backend):
         self._know(folder, name, _put_version(response, len(data)))
 
     def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        self._check_prepared(folder)
-        response = self._call(
+        self._run(self._replace, folder, name, data, durable=durable)
+
+    async def _replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
+        await self._check_prepared(folder)
+        response = await self._call(
             "put_object", Key=self._key(folder, name), Body=data, Metadata=_fresh_metadata()
         )
         self._know(folder, name, _put_version(response, len(data)))
@@ -510,22 +726,32 @@ class S3Backend(Backend):
     # -- moving and copying ------------------------------------------------------------
 
     def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
-        self._copy(source, name, destination, new_name or name, moving=True)
+        self._run(self._move, source, name, destination, new_name)
+
+    async def _move(
+        self, source: str, name: str, destination: str, new_name: str | None = None
+    ) -> None:
+        await self._transfer(source, name, destination, new_name or name, moving=True)
 
     def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
-        self._copy(source, name, destination, name, moving=False)
+        self._run(self._copy, source, name, destination, durable=durable)
 
-    def _copy(self, source: str, name: str, destination: str, target: str, *, moving: bool) -> None:
-        self._check_prepared(destination)
+    async def _copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
+        await self._transfer(source, name, destination, name, moving=False)
+
+    async def _transfer(
+        self, source: str, name: str, destination: str, target: str, *, moving: bool
+    ) -> None:
+        await self._check_prepared(destination)
         source_key, key = self._key(source, name), self._key(destination, target)
-        method = self.method
-        if self._look_before_copying and self._head(key) is not None:
+        method = await self._claim_method()
+        if self._look_before_copying and await self._head(key) is not None:
             # Narrows, but cannot close, the window in which a refused copy would damage
             # the destination on such a server; claimers racing for one file copy the same
             # bytes, so that race does no harm.
             raise AlreadyExists.file(target, destination, self.url)
         for attempt in range(2):
-            version = self._version(source, name)
+            version = await self._version(source, name)
             metadata = _fresh_metadata()
             if moving:
                 metadata[_MOVED_FROM] = f"{source}/{_bare_etag(version.etag)}"
@@ -533,7 +759,7 @@ class S3Backend(Backend):
                 self._copy_object, source_key, key, version, exclusive=True, method=method
             )
             try:
-                copied = self._create_exclusive(destination, target, write, metadata)
+                copied = await self._create_exclusive(destination, target, write, metadata)
             except _SourceChanged:
                 self._forget(source, name)
                 if attempt == 0:
@@ -541,27 +767,27 @@ class S3Backend(Backend):
                 raise NotFound(f"{name!r} in {source}/ of {self.url} changed or went") from None
             except NotFound:
                 self._forget(source, name)
-                self._not_found(source, name)
+                await self._not_found(source, name)
             self._know(destination, target, copied)
             if moving:
                 self._forget(source, name)
-                self._delete_moved_source(source_key, version.etag)
+                await self._delete_moved_source(source_key, version.etag)
             return
 
-    def _version(self, folder: str, name: str) -> _Version:
+    async def _version(self, folder: str, name: str) -> _Version:
         """The file's ETag and size: remembered from a listing or our own write, else a HEAD."""
         with self._lock:
             known = self._versions.get((folder, name))
         if known is not None:
             return known
-        head = self._head(self._key(folder, name))
+        head = await self._head(self._key(folder, name))
         if head is None:
-            self._not_found(folder, name)
+            await self._not_found(folder, name)
         version = _Version(head["ETag"], int(head["ContentLength"]))
         self._know(folder, name, version)
         return version
 
-    def _copy_object(
+    async def _copy_object(
         self,
         source_key: str,
         key: str,
@@ -577,10 +803,12 @@ class S3Backend(Backend):
         has `version` raises NotFound or _SourceChanged.
         """
         if method == "multipart" or version.size > self.max_copy_size:
-            return self._multipart_copy(source_key, key, version, metadata, exclusive=exclusive)
+            return await self._multipart_copy(
+                source_key, key, version, metadata, exclusive=exclusive
+            )
         conditions = {"IfNoneMatch": "*"} if exclusive else {}
         try:
-            response = self._call(
+            response = await self._call(
                 "copy_object",
                 Key=key,
                 CopySource={"Bucket": self.bucket, "Key": source_key},
@@ -594,7 +822,7 @@ class S3Backend(Backend):
             raise
         return _Version(response["CopyObjectResult"]["ETag"], version.size)
 
-    def _multipart_copy(
+    async def _multipart_copy(
         self,
         source_key: str,
         key: str,
@@ -604,12 +832,13 @@ class S3Backend(Backend):
         exclusive: bool,
     ) -> _Version:
         """Copy in parts (ranged for large objects); the condition goes on the completion."""
-        upload = self._call("create_multipart_upload", Key=key, Metadata=metadata)["UploadId"]
+        created = await self._call("create_multipart_upload", Key=key, Metadata=metadata)
+        upload = created["UploadId"]
         try:
             parts = []
             for number, byte_range in enumerate(self._ranges(version.size), start=1):
                 try:
-                    part = self._call(
+                    part = await self._call(
                         "upload_part_copy",
                         Key=key,
                         UploadId=upload,
@@ -623,7 +852,7 @@ class S3Backend(Backend):
                     raise
                 parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
             try:
-                done = self._call(
+                done = await self._call(
                     "complete_multipart_upload",
                     Key=key,
                     UploadId=upload,
@@ -637,7 +866,7 @@ class S3Backend(Backend):
                 raise
         except BaseException:
             with suppress(Exception):
-                self._call("abort_multipart_upload", Key=key, UploadId=upload)
+                await self._call("abort_multipart_upload", Key=key, UploadId=upload)
             raise
         return _Version(done["ETag"], version.size)
 
@@ -648,11 +877,11 @@ class S3Backend(Backend):
             return [None]
         return [f"bytes={start}-{min(start + part, size) - 1}" for start in range(0, size, part)]
 
-    def _create_exclusive(
+    async def _create_exclusive(
         self,
         folder: str,
         name: str,
-        write: Callable[[dict[str, str]], _Version],
+        write: Callable[[dict[str, str]], Awaitable[_Version]],
         metadata: dict[str, str],
         *,
         unsettled_if_missing: bool = False,
@@ -667,30 +896,30 @@ class S3Backend(Backend):
         key = self._key(folder, name)
         for attempt in range(_ATTEMPTS):
             try:
-                return write(metadata)
+                return await write(metadata)
             except ClientError as error:
                 status = _status(error)
                 if status == 409:  # ConditionalRequestConflict: a concurrent write interfered
-                    _backoff(attempt)
+                    await _backoff(attempt)
                     continue
                 if status != 412:
                     raise
                 answer_lost = False
             except (_Ambiguous, HTTPClientError):
                 answer_lost = True  # timed out, or the connection dropped
-            head = self._head(key)
+            head = await self._head(key)
             if head is not None:
                 if head.get("Metadata", {}).get(_TOKEN) == metadata[_TOKEN]:
                     return _Version(head["ETag"], int(head["ContentLength"]))
                 raise AlreadyExists.file(name, folder, self.url)
             if answer_lost and unsettled_if_missing:
                 raise _Unsettled()
-            _backoff(attempt)  # neither ours nor another's: not applied, try again
+            await _backoff(attempt)  # neither ours nor another's: not applied, try again
         raise S3StorageError(
             f"could not write {name!r} into {folder}/ of {self.url} after {_ATTEMPTS} attempts"
         )
 
-    def _delete_moved_source(self, key: str, etag: str) -> None:
+    async def _delete_moved_source(self, key: str, etag: str) -> None:
         """Delete the source of a move, only if it is still the object we copied.
 
         A 404 leaves the copy in place: the source may be gone by our own earlier try
@@ -699,16 +928,16 @@ class S3Backend(Backend):
         for attempt in range(_ATTEMPTS):
             try:
                 if self._delete_if_match:
-                    self._call("delete_object", Key=key, IfMatch=etag)
+                    await self._call("delete_object", Key=key, IfMatch=etag)
                 else:
                     # No conditional delete on this server: a look first narrows, but cannot
                     # close, the window in which a newer object under the key would go too.
-                    head = self._head(key)
+                    head = await self._head(key)
                     if head is not None and head["ETag"] == etag:
-                        self._call("delete_object", Key=key)
+                        await self._call("delete_object", Key=key)
                 return
             except _Ambiguous:
-                if self._head(key) is None:
+                if await self._head(key) is None:
                     return  # gone: by this delete, whose answer was lost, or another
                 continue
             except ClientError as error:
@@ -720,53 +949,68 @@ class S3Backend(Backend):
                     return  # gone already, or replaced by a newer object that is not ours
                 if status != 409:
                     raise
-            _backoff(attempt)
+            await _backoff(attempt)
         raise S3StorageError(f"could not delete {key!r} in {self.url} after a move")
 
     # -- removing and touching -------------------------------------------------------------
 
     def remove(self, folder: str, name: str) -> None:
+        self._run(self._remove, folder, name)
+
+    async def _remove(self, folder: str, name: str) -> None:
         key = self._key(folder, name)
         for attempt in range(_ATTEMPTS):
             if not self._delete_if_match:
                 # No conditional delete here, and a plain one answers 204 for a missing key
                 # too: the HEAD is what tells NotFound.
                 self._forget(folder, name)
-                if self._head(key) is None:
-                    self._not_found(folder, name)
-                self._call("delete_object", Key=key)
+                if await self._head(key) is None:
+                    await self._not_found(folder, name)
+                await self._call("delete_object", Key=key)
                 return
-            version = self._version(folder, name)  # remembered, else a HEAD; NotFound if none
+            # Remembered, else a HEAD; NotFound if none.
+            version = await self._version(folder, name)
             self._forget(folder, name)
             try:
-                self._call("delete_object", Key=key, IfMatch=version.etag)
+                await self._call("delete_object", Key=key, IfMatch=version.etag)
             except _Ambiguous:
-                if self._head(key) is None:
+                if await self._head(key) is None:
                     return  # our delete went through; its answer was lost
                 continue  # it did not: try again
             except ClientError as error:
                 status = _status(error)
                 if status == 404:
-                    self._not_found(folder, name)
+                    await self._not_found(folder, name)
                 if status == 501:  # NotImplemented: no conditional delete on this server
                     self._delete_if_match = False
                     continue
                 if status not in (409, 412):
                     raise
-                _backoff(attempt)  # 412: replaced since we knew its ETag; look again
+                await _backoff(attempt)  # 412: replaced since we knew its ETag; look again
                 continue
             return
         raise S3StorageError(f"could not remove {name!r} from {folder}/ of {self.url}")
 
+    def discard(self, folder: str, name: str) -> None:
+        self._run(self._discard, folder, name)
+
+    async def _discard(self, folder: str, name: str) -> None:
+        with suppress(NotFound, NotPrepared):
+            await self._remove(folder, name)
+
     def same_file(self, first: str, second: str, name: str) -> bool:
-        one, other = self._head(self._key(first, name)), self._head(self._key(second, name))
+        return self._run(self._same_file, first, second, name)
+
+    async def _same_file(self, first: str, second: str, name: str) -> bool:
+        one = await self._head(self._key(first, name))
+        other = await self._head(self._key(second, name))
         if one is None or other is None:
             return False
         return _moved_from(one, second, other) or _moved_from(other, first, one)
 
     # -- the claim method ---------------------------------------------------------------------
 
-    def _probe(self) -> str:
+    async def _probe(self) -> str:
         """Find a claim method that refuses an existing destination on this server.
 
         A conditional CopyObject onto an existing key must answer 412; where it
@@ -774,15 +1018,15 @@ class S3Backend(Backend):
         """
         base = f"{self._folder_key('.probe')}{uuid.uuid4().hex}"
         source, taken = f"{base}-source", f"{base}-taken"
-        self._call("put_object", Key=source, Body=b"source")
+        await self._call("put_object", Key=source, Body=b"source")
         try:
-            version = self._version_of(source)
+            version = await self._version_of(source)
             for method in ("copy", "multipart"):
                 # Afresh for each method: one that overwrote it (moto's CopyObject) must not
                 # make the next look as if its refusal had damaged the destination.
-                self._call("put_object", Key=taken, Body=b"taken")
+                await self._call("put_object", Key=taken, Body=b"taken")
                 try:
-                    self._copy_object(
+                    await self._copy_object(
                         source, taken, version, _fresh_metadata(), exclusive=True, method=method
                     )
                 except _Ambiguous:
@@ -798,9 +1042,7 @@ class S3Backend(Backend):
                         # (A ranged GET: a full one would get more bytes than announced. A
                         # checksum that no longer matches the bytes is the same finding.)
                         try:
-                            kept = self._sync(
-                                self._get_object, self.client, taken, Range="bytes=0-4"
-                            )
+                            kept = await self._get_object(taken, Range="bytes=0-4")
                         except BotoCoreError:
                             kept = b""
                         self._look_before_copying = kept != b"taken"
@@ -810,15 +1052,15 @@ class S3Backend(Backend):
         finally:
             for key in (source, taken):
                 with suppress(Exception):
-                    self._call("delete_object", Key=key)
+                    await self._call("delete_object", Key=key)
         raise ExclusiveMoveUnavailable(
             f"the S3 server behind {self.url} overwrites an existing object both on a "
             "conditional CopyObject and on a conditional CompleteMultipartUpload, so filespool "
             "cannot move files there without risking two claims of one file"
         )
 
-    def _version_of(self, key: str) -> _Version:
-        head = self._head(key)
+    async def _version_of(self, key: str) -> _Version:
+        head = await self._head(key)
         assert head is not None, key
         return _Version(head["ETag"], int(head["ContentLength"]))
 
@@ -835,34 +1077,40 @@ class S3Backend(Backend):
         with self._lock:
             self._versions.pop((folder, name), None)
 
-    def _head(self, key: str) -> dict[str, Any] | None:
+    async def _head(self, key: str) -> dict[str, Any] | None:
         """The object's HEAD response, or None if there is no such key."""
         try:
-            head: dict[str, Any] = self._call("head_object", Key=key)
+            head: dict[str, Any] = await self._call("head_object", Key=key)
         except ClientError as error:
             if _status(error) == 404:
                 return None
             raise
         return head
 
-    def _call(self, operation: str, **params: Any) -> Any:
-        """Call the raw client (which validates every parameter) on this bucket."""
-        return self._sync(getattr(self.client, operation), Bucket=self.bucket, **params)
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """Call the raw client of the running loop (it validates every parameter) on this
+        bucket."""
+        client = await self._client()
+        with self._errors(client):
+            return await getattr(client, operation)(Bucket=self.bucket, **params)
 
-    def _endpoint(self) -> str:
+    def _endpoint(self, client: Any) -> str:
         """The endpoint the client talks to (an option, or the environment's), for messages."""
         with suppress(Exception):
-            return str(self.client.meta.endpoint_url)
+            return str(client.meta.endpoint_url)
         return str(self.storage_options.get("endpoint_url") or "the default AWS endpoint")
 
-    def _sync(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a client coroutine; failures of the setup (not of one file) become clear errors."""
+    @contextmanager
+    def _errors(self, client: Any) -> Iterator[None]:
+        """Around one request: failures of the setup (not of one file) become clear errors."""
         try:
-            return fsspec.asyn.sync(self.fs.loop, function, *args, **kwargs)
+            yield
         except _SETUP_ERRORS as error:
-            raise S3StorageError(f"S3 at {self._endpoint()} for {self.url}: {error}") from None
+            raise S3StorageError(
+                f"S3 at {self._endpoint(client)} for {self.url}: {error}"
+            ) from None
         except ClientError as error:
-            endpoint = self._endpoint()
+            endpoint = self._endpoint(client)
             code = error.response.get("Error", {}).get("Code")
             if code == "NoSuchBucket":
                 raise S3BucketMissing(
@@ -880,7 +1128,8 @@ class S3Backend(Backend):
             raise S3RequestFailed(error) from error
         except EndpointConnectionError as error:
             raise S3EndpointUnreachable(
-                f"cannot connect to the S3 endpoint {self._endpoint()} for {self.url}: {error}"
+                f"cannot connect to the S3 endpoint {self._endpoint(client)} "
+                f"for {self.url}: {error}"
             ) from error
         except NoCredentialsError as error:
             raise S3AccessDenied(
@@ -957,6 +1206,31 @@ def _check_conditions_supported(client: Any) -> None:
             )
 
 
+def _arm(fs: S3FileSystem) -> None:
+    """Check a filesystem's client can send the conditions, and stop its blind retries."""
+    _check_conditions_supported(fs.s3)
+    fs.s3.meta.events.register_first("needs-retry.s3", _no_blind_retry)
+
+
+async def _close(fs: S3FileSystem) -> None:
+    """Close an asynchronous filesystem's client and its connections, as s3fs does."""
+    await fs._s3creator.__aexit__(None, None, None)
+
+
+async def _next_page(pages: AsyncIterator[list[Entry]]) -> list[Entry] | None:
+    return await anext(pages, None)
+
+
+async def _names(
+    first: list[Entry] | None, pages: AsyncIterator[list[Entry]]
+) -> AsyncIterator[str]:
+    page = first
+    while page is not None:
+        for entry in page:
+            yield entry.name
+        page = await _next_page(pages)
+
+
 def _raise_for_source(error: ClientError) -> None:
     """Map a copy's complaint about its source: gone (404) or changed (412 on the source)."""
     if _status(error) == 404 and error.response.get("Error", {}).get("Code") in (
@@ -994,8 +1268,8 @@ def _whole_seconds(moment: datetime) -> float:
     return float(int(moment.timestamp()))
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, 0.05 * 2**attempt))
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def open_s3(url: str, **storage_options: Any) -> S3Backend:

@@ -22,11 +22,13 @@ The fixture gives a backend on a fresh location whose root does not exist yet.
 stalled at any step) together; a test class may use either alone. Tests of a capability
 the storage does not declare (`ContractBase.atomic_moves`,
 `ContractBase.shared_by_processes`, `ContractBase.interrupt_move`) are skipped.
+`AsyncFace` runs the contract through a backend's asyncio face (`Backend.call_async`).
 Requires pytest and hypothesis.
 """
 
 from __future__ import annotations
 
+from filespool.testing.asyncface import AsyncFace
 from filespool.testing.backend import BackendContract
 from filespool.testing.faults import STALLABLE, StallingBackend
 from filespool.testing.fixtures import ContractBase
@@ -41,6 +43,7 @@ class SpoolContract(BackendContract, QueueContract):
 
 __all__ = [
     "STALLABLE",
+    "AsyncFace",
     "BackendContract",
     "ContractBase",
     "QueueContract",

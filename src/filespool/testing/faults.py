@@ -4,21 +4,22 @@ and the stall matrix that pauses each queue operation at each of its steps."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from functools import partial
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
-from filespool.backends.base import Backend, Entry
+from filespool.backends.base import Backend
 from filespool.errors import LeaseLost
 from filespool.queue import Claim
 from filespool.store import FileStore
 from filespool.testing.harness import drain
+from filespool.testing.relay import Relay
 
 STALLABLE = ["claim", "read", "extend", "ack", "release", "fail", "recover"]
 """The operations the stall matrix pauses at every step of."""
 
 
-class StallingBackend(Backend):
+class StallingBackend(Relay):
     """A backend that passes every call to another, and can pause before one of them.
 
     `stall_before(n)` makes the n-th call from then on wait (the thread making it
@@ -27,7 +28,7 @@ class StallingBackend(Backend):
     """
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls = 0
         self.stalled = threading.Event()
         self._resume = threading.Event()
@@ -44,67 +45,12 @@ class StallingBackend(Backend):
         """Let the paused call go on."""
         self._resume.set()
 
-    def _step(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _relay(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self.calls == self._stall_at:
             self.stalled.set()
             self._resume.wait(timeout=600)
         self.calls += 1
         return getattr(self.inner, method)(*args, **kwargs)
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    def folder_path(self, folder: str) -> str:
-        return self.inner.folder_path(folder)
-
-    def create_folders(self, folders: Iterable[str]) -> None:
-        self._step("create_folders", folders)
-
-    def list_names(self, folder: str) -> list[str]:
-        return cast(list[str], self._step("list_names", folder))
-
-    def iter_names(self, folder: str) -> Iterator[str]:
-        return cast(Iterator[str], self._step("iter_names", folder))
-
-    def scan(self, folder: str) -> list[Entry]:
-        return cast(list[Entry], self._step("scan", folder))
-
-    def info(self, folder: str, name: str) -> Entry:
-        return cast(Entry, self._step("info", folder, name))
-
-    def exists(self, folder: str, name: str) -> bool:
-        return cast(bool, self._step("exists", folder, name))
-
-    def create(self, folder: str, name: str) -> BinaryIO:
-        return cast(BinaryIO, self._step("create", folder, name))
-
-    def open(self, folder: str, name: str) -> BinaryIO:
-        return cast(BinaryIO, self._step("open", folder, name))
-
-    def read(self, folder: str, name: str) -> bytes:
-        return cast(bytes, self._step("read", folder, name))
-
-    def put(self, folder: str, name: str, data: bytes, *, durable: bool) -> bool:
-        return cast(bool, self._step("put", folder, name, data, durable=durable))
-
-    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
-        self._step("move", source, name, destination, new_name)
-
-    def copy(self, source: str, name: str, destination: str, *, durable: bool) -> None:
-        self._step("copy", source, name, destination, durable=durable)
-
-    def remove(self, folder: str, name: str) -> None:
-        self._step("remove", folder, name)
-
-    def discard(self, folder: str, name: str) -> None:
-        self._step("discard", folder, name)
-
-    def replace(self, folder: str, name: str, data: bytes, *, durable: bool) -> None:
-        self._step("replace", folder, name, data, durable=durable)
-
-    def same_file(self, first: str, second: str, name: str) -> bool:
-        return cast(bool, self._step("same_file", first, second, name))
 
 
 def _stalling_twin(store: FileStore) -> tuple[FileStore, StallingBackend]:
