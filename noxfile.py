@@ -44,9 +44,10 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def mutants(session: nox.Session) -> None:
     """Break the backends and the queue on purpose (tests/mutants.py): each named mutant
-    must fail the tests that guard it."""
+    must fail the tests that guard it (`-- --skip-baseline`: without first running the
+    unbroken tests, where the suite runs beside it, as in CI)."""
     session.install(".[test,s3]")
-    session.run("python", "tests/mutants.py")
+    session.run("python", "tests/mutants.py", *session.posargs)
 
 
 @nox.session

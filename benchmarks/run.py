@@ -93,7 +93,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--messages", type=int, help="N messages of 1 KiB (default 20,000; quick 2,000)"
+        "--messages", type=int, help="N messages of 1 KiB (default 20,000; quick 1,000)"
     )
     parser.add_argument(
         "--repeat", type=int, help="repetitions per figure, median reported (default 3)"
@@ -107,16 +107,16 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser.add_argument("--depths", help="comma-separated depths of new/ (default 1000,100000)")
     parser.add_argument("--consumers", help="comma-separated consumer counts (default 1,2,4,8)")
     parser.add_argument(
-        "--s3-messages", type=int, help="S3 requests per message: N (default 1,000; quick 100)"
+        "--s3-messages", type=int, help="S3 requests per message: N (default 1,000; quick 50)"
     )
     parser.add_argument(
-        "--s3-drain-messages", type=int, help="S3 concurrent claimers: M (default 150; quick 60)"
+        "--s3-drain-messages", type=int, help="S3 concurrent claimers: M (default 150; quick 40)"
     )
     parser.add_argument("--s3-claimers", help="comma-separated S3 claimer counts (default 1,4,16)")
     parser.add_argument(
         "--s3-latency-drain",
         type=int,
-        help="s3latency: messages drained by claimer processes (default 2,000; quick 320)",
+        help="s3latency: messages drained by claimer processes (default 2,000; quick 160)",
     )
     parser.add_argument(
         "--localstack-python",
@@ -146,18 +146,18 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     config = Config()
     if args.quick:
         config = Config(
-            messages=2_000,
+            messages=1_000,
             repeat=1,
-            disk_messages=1_000,
-            durable_disk_messages=200,
-            depths=(1_000, 10_000),
-            depth_claims=500,
+            disk_messages=500,
+            durable_disk_messages=100,
+            depths=(1_000, 5_000),
+            depth_claims=300,
             consumers=(1, 2, 4),
-            s3_messages=100,
-            s3_drain_messages=60,
+            s3_messages=50,
+            s3_drain_messages=40,
             s3_latency_messages=64,
-            s3_latency_drain=320,
-            s3_latency_single=48,
+            s3_latency_drain=160,
+            s3_latency_single=16,
         )
     for option in [
         "messages",

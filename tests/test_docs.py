@@ -15,6 +15,7 @@ import pytest
 DOCS = Path(__file__).parent.parent / "docs"
 
 
+@pytest.mark.slow
 def test_the_example_backend_passes_the_contract_as_the_page_says() -> None:
     """docs/writing-a-backend.md shows the example's files and its test run's outcome."""
     page = (DOCS / "writing-a-backend.md").read_text()
