@@ -35,7 +35,9 @@ def tests(session: nox.Session) -> None:
     """The whole test suite (unit, contract, races, docs examples).
 
     `-- -m "not slow"` leaves out what needs minutes and is the same on every Python (the
-    S3 contract on moto, the crash soaks): CI runs those once, on the default Python.
+    S3 contract on moto, the crash soaks, the contract again on memory, on the local link
+    fallback and through the asyncio faces; the local contract stays): CI runs those
+    once, on the default Python.
     """
     session.install(".[test]")
     session.run("pytest", *session.posargs)

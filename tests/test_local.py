@@ -47,6 +47,7 @@ class TestLocal(SpoolContract):
             return None
 
 
+@pytest.mark.slow  # TestLocal runs the contract on every Python; this is its second path
 class TestLocalLinkFallback(TestLocal):
     """The contract again with link() + unlink() moves, as on NFS: for an instant a moving
     file has both names, so moves are not atomic to readers."""

@@ -23,6 +23,7 @@ def memory_url() -> Iterator[str]:
         fs.rm(url, recursive=True)
 
 
+@pytest.mark.slow  # the contract's code is the same on every Python: TestLocal runs it there
 class TestMemory(SpoolContract):
     atomic_moves = True  # under one lock
 
