@@ -13,12 +13,6 @@ import pytest
 
 from filespool import FileStore, LeaseLost
 from filespool.aio import AsyncClaim, AsyncFileStore
-from s3_servers import new_bucket, store_on
-
-
-@pytest.fixture
-def s3_store(endpoint: str) -> AsyncFileStore:
-    return AsyncFileStore(store_on(endpoint, new_bucket(endpoint)))
 
 
 async def closing(store: AsyncFileStore, work: Awaitable[None]) -> None:
@@ -27,13 +21,12 @@ async def closing(store: AsyncFileStore, work: Awaitable[None]) -> None:
         await work
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncFileStore:
+    """A store on each backend whose calls run in worker threads (S3's native face:
+    tests/test_s3_aio.py runs these tests there too)."""
     if request.param == "local":
         return AsyncFileStore(tmp_path / "spool")
-    if request.param == "s3":
-        s3_store: AsyncFileStore = request.getfixturevalue("s3_store")
-        return s3_store
     return AsyncFileStore(f"memory://aio-{uuid.uuid4().hex}")
 
 
@@ -146,70 +139,3 @@ def test_a_late_async_worker_gets_lease_lost(store: AsyncFileStore) -> None:
         assert (await store.stats())["cur"].count == 0
 
     asyncio.run(closing(store, main()))
-
-
-def test_s3_requests_are_made_on_the_callers_loop(
-    s3_store: AsyncFileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On S3 every operation runs on the loop: no worker thread, no other loop's client."""
-    offloaded: list[str] = []
-    to_thread = asyncio.to_thread
-
-    async def recording(function: Any, /, *arguments: Any, **keywords: Any) -> Any:
-        if getattr(function, "__self__", None) is s3_store.store.backend:
-            offloaded.append(function.__name__)
-        return await to_thread(function, *arguments, **keywords)
-
-    monkeypatch.setattr(asyncio, "to_thread", recording)
-
-    async def main() -> None:
-        async with s3_store as store:
-            await store.prepare()
-            first, second = await store.deliver_many([b"1", b"2"])
-            await store.deliver(b"3", "third")
-            claim = await store.claim()
-            assert claim == first
-            assert await claim.read() == b"1"
-            await claim.extend()
-            assert await claim.release("again") == "new"
-            claims = await store.claim_many(3)
-            assert sorted(claims) == sorted([first, second, "third"])
-            await claims[0].fail("bad")
-            assert await store.release_many(claims[1:2], "later") == []
-            assert await store.ack_many(claims[2:]) == []
-            assert (await store.recover(older_than=3600)).returned == []
-            assert await store.requeue(claims[0]) in await store.names("new")
-            assert (await store.stats())["new"].count == 2
-            assert await store.cleanup() == []
-
-    asyncio.run(main())
-    assert offloaded == []
-
-
-def test_async_claimers_on_s3_take_each_message_exactly_once(s3_store: AsyncFileStore) -> None:
-    """Eight tasks on one loop and two threads with their own loops claim one spool."""
-    messages = 40
-    taken: list[bytes] = []
-
-    async def claimer(store: AsyncFileStore) -> None:
-        while (claim := await store.claim()) is not None:
-            taken.append(await claim.read())
-            await claim.ack()
-
-    async def tasks(count: int) -> None:
-        async with AsyncFileStore(s3_store.store) as store:
-            await asyncio.gather(*(claimer(store) for _ in range(count)))
-
-    async def deliver() -> None:
-        async with s3_store as store:
-            await store.prepare()
-            await store.deliver_many(str(n).encode() for n in range(messages))
-
-    asyncio.run(deliver())
-    threads = [threading.Thread(target=asyncio.run, args=(tasks(2),)) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    asyncio.run(tasks(8))
-    for thread in threads:
-        thread.join()
-    assert sorted(taken) == sorted(str(n).encode() for n in range(messages))
