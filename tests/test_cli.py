@@ -212,7 +212,9 @@ def _start_slow_work(
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
-    while len(store.names("cur")) < 2:  # both workers busy
+    # Both commands started (each logs its file first). Two files in cur/ would not say
+    # it: `work` claims for both of its idle workers at once, before either starts.
+    while not log.exists() or len(log.read_text().split()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return worker, store, log
