@@ -227,11 +227,9 @@ class Queue:
         # The common case, the backlog's next name won, without the steps' overhead (a
         # microsecond: a tenth of what a claim costs on a local disk); every other
         # outcome is settled by `claim_steps`.
-        if not self._backlog:
-            return run(self.backend, self.claim_steps())
         try:
             name = self._backlog.popleft()
-        except IndexError:  # emptied by another thread since
+        except IndexError:
             return run(self.backend, self.claim_steps())
         started = time.monotonic()
         try:
@@ -265,19 +263,15 @@ class Queue:
         """Another claimer moved `name` first (`NotFound`), or is between the two steps of
         its move (`AlreadyExists`: cur/ holds this generation already; or one interrupted
         there, which recover() settles). The latter goes in `stuck`: going on to it again
-        would meet that claimer again."""
-        if isinstance(error, AlreadyExists):
-            stuck.add(name)
-        self._count_lost_race(seconds)
-
-    def _count_lost_race(self, seconds: float) -> None:
-        """Another claimer took a name of the backlog, and others like it, probably.
+        would meet that claimer again. Others like it took names of the backlog, probably.
 
         Learning which are left from a new listing is cheaper than trying them one by one
         once the races lost since the last listing cost a share of the time it took (a
         lost copy on S3 costs about what a listing does; a lost rename costs far less
         than a listing of a local folder). Until then, go on from a random place.
         """
+        if isinstance(error, AlreadyExists):
+            stuck.add(name)
         self._lost_time += seconds
         if self._lost_time < self._listing_cost * _RELIST_AFTER:
             self._jump()
@@ -346,11 +340,13 @@ class Queue:
         if self.dedup_window is None and not (
             self._records_exist or self._time_to_look_for_records()
         ):
-            # The common case, one remove, without the steps' overhead; a file gone is
-            # settled by `ack_steps`.
-            with suppress(NotFound):
+            # The common case, one remove, without the steps' overhead (nor a context
+            # manager's); a file gone is settled by `ack_steps`.
+            try:
                 self.backend.remove("cur", claim.file_name)
                 return
+            except NotFound:
+                pass
         run(self.backend, self.ack_steps(claim))
 
     def ack_steps(self, claim: Claim) -> Steps[None]:
@@ -362,15 +358,13 @@ class Queue:
         """
         # Marked first: a delivery whose answer was lost, looking for its message, must
         # find it claimed or marked acked, never neither.
-        if self.dedup_window is not None:
-            yield from self._mark_acked(claim.name)
+        yield from self._mark_acked(claim.name)
         try:
             yield step.remove("cur", claim.file_name)
         except NotFound:
             if (yield from self.is_anywhere(claim.name)):
                 raise lease_lost(claim) from None
-        if self._records_exist or self._time_to_look_for_records():
-            yield from self._forget(claim.name)
+        yield from self._forget(claim.name)
 
     def is_anywhere(self, message: str) -> Steps[bool]:
         """Whether some generation of `message` is in `new/`, `cur/` or `failed/`."""
@@ -501,7 +495,8 @@ class Queue:
         return bool((yield from self._read_json(DELIVERIES, message)).get("acked"))
 
     def _mark_acked(self, message: str) -> Steps[None]:
-        yield from self._write_json(DELIVERIES, message, {"acked": True})
+        if self.dedup_window is not None:
+            yield from self._write_json(DELIVERIES, message, {"acked": True})
 
     def drop_expired_marks(self) -> Steps[None]:
         """Remove the delivery marks older than the deduplication window."""

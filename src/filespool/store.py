@@ -230,11 +230,7 @@ class FileStore:
         return self._deliver(payload, bare)
 
     def _deliver(self, payload: bytes, bare: str) -> Steps[str]:
-        if (
-            self._queue.dedup_window is not None
-            and not (yield from self._queue.first_delivery(bare))
-            and (yield from self._delivered(bare))
-        ):
+        if not (yield from self._queue.first_delivery(bare)) and (yield from self._delivered(bare)):
             return bare  # delivered within the deduplication window: not published again
         try:
             unsettled: bool = yield step.put("new", bare, payload, durable=self.durable)
