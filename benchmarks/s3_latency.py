@@ -6,10 +6,10 @@ process); moto is left out, since it serves one connection at a time and no requ
 could overlap another. Each latency (0 and 20 ms) gets:
 
 Batches against one request at a time, in one process. The same store delivers N
-messages one by one, then with ``deliver_many`` (batches of ``BATCH``); claims and
-acks them one by one, then with ``claim_many``/``ack_many`` (the reads one by one); then
-the same batches through ``filespool.aio`` (requests on the caller's loop, and the
-reads of a batch gathered, as an asyncio service would); the order of the three modes
+messages one by one, then with ``deliver_many`` (batches of ``BATCH``); claims, reads and
+acks them one by one, then with ``claim_many``/``read_many``/``ack_many``; then the
+same batches through ``filespool.aio`` (requests on the caller's loop, as an asyncio
+service would make them); the order of the three modes
 rotates between repetitions. Reported: messages per second (wall), the client's CPU time per
 message, and HTTP requests per message in each mode (a batch must add none).
 
@@ -137,7 +137,7 @@ def _round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dict[str,
     with _measured(tally, count) as claim_and_ack:
         if mode == "batched":
             while claims := store.claim_many(BATCH):
-                found.extend(claim.read() for claim in claims)
+                found.extend(store.read_many(claims).values())
                 store.ack_many(claims)
         else:
             while (claim := store.claim()) is not None:
@@ -172,7 +172,7 @@ def _async_round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dic
             figures["deliver"] = deliver
             with _measured(tally, count) as claim_and_ack:
                 while claims := await spool.claim_many(BATCH):
-                    found.extend(await asyncio.gather(*(claim.read() for claim in claims)))
+                    found.extend((await spool.read_many(claims)).values())
                     await spool.ack_many(claims)
             figures["claim+ack"] = claim_and_ack
 

@@ -66,6 +66,7 @@ def test_a_claim_as_async_context_acks_or_releases(store: AsyncFileStore) -> Non
         assert await store.release_many(claims, "later") == []
         assert (await store.record(second)).reason == "later"
         claims = await store.claim_many(5)
+        assert await store.read_many(claims) == {claims[0]: b"2"}
         assert await store.ack_many(claims) == []
         assert [await store.names(f) for f in ("new", "cur", "failed")] == [[], [], []]
 

@@ -264,9 +264,9 @@ def test_requests_per_message(
 
 
 def test_batches_make_the_same_requests_per_message(endpoint: str, bucket: str) -> None:
-    """deliver_many, claim_many and ack_many keep their requests in flight together
-    (`concurrency`), each one a message would make alone: 1 PUT, 1 COPY + 1 DELETE,
-    1 DELETE (copy method), plus the listings."""
+    """deliver_many, claim_many, read_many and ack_many keep their requests in flight
+    together (`concurrency`), each one a message would make alone: 1 PUT, 1 COPY + 1
+    DELETE, 1 GET, 1 DELETE (copy method), plus the listings."""
     messages = 24
     store = store_on(endpoint, bucket, claim_method="copy", concurrency=8)
     store.prepare()
@@ -282,13 +282,16 @@ def test_batches_make_the_same_requests_per_message(endpoint: str, bucket: str) 
     assert listings <= 2
     assert calls == {("CopyObject", "cur"): messages, ("DeleteObject", "new"): messages}
     calls.clear()
+    assert list(store.read_many(claims).values()) == [b"x"] * messages
+    assert calls == {("GetObject", "cur"): messages}
+    calls.clear()
     assert store.ack_many(claims) == []
     records = {key: n for key, n in calls.items() if key[1] == ".records"}
     assert set(records) <= {("HeadObject", ".records")}
     assert calls - Counter(records) == {("DeleteObject", "cur"): messages}
 
 
-@pytest.mark.parametrize("batch", ["deliver_many", "claim_many", "ack_many"])
+@pytest.mark.parametrize("batch", ["deliver_many", "claim_many", "read_many", "ack_many"])
 def test_a_batch_keeps_its_requests_in_flight_together(
     endpoint: str, bucket: str, batch: str
 ) -> None:
@@ -298,8 +301,13 @@ def test_a_batch_keeps_its_requests_in_flight_together(
     store = store_on(endpoint, bucket, claim_method="copy", concurrency=4)
     store.prepare()
     names = [] if batch == "deliver_many" else store.deliver_many([b"x"] * 9)
-    claims = store.claim_many(9) if batch == "ack_many" else []
-    operation = {"deliver_many": "PutObject", "claim_many": "CopyObject"}.get(batch, "DeleteObject")
+    claims = store.claim_many(9) if batch in ("read_many", "ack_many") else []
+    operation = {
+        "deliver_many": "PutObject",
+        "claim_many": "CopyObject",
+        "read_many": "GetObject",
+        "ack_many": "DeleteObject",
+    }[batch]
     sent, timed_out = 0, 0
     four = asyncio.Event()
 
@@ -320,6 +328,8 @@ def test_a_batch_keeps_its_requests_in_flight_together(
         assert len(store.deliver_many([b"x"] * 9)) == 9
     elif batch == "claim_many":
         assert sorted(store.claim_many(9)) == names
+    elif batch == "read_many":
+        assert list(store.read_many(claims).values()) == [b"x"] * 9
     else:
         assert store.ack_many(claims) == []
     assert (sent, timed_out) == (9, 0)

@@ -29,7 +29,7 @@ from filespool.errors import (
     NotPrepared,
 )
 from filespool.names import split_file_name
-from filespool.queue import Record
+from filespool.queue import Claim, Record
 from filespool.store import FOLDERS
 
 BAD_NAMES: list[Any] = [
@@ -232,23 +232,45 @@ def test_a_partial_delivery_says_which_messages_were_delivered() -> None:
         store.deliver_many([b"refused"])
 
 
-class _FailingRemoveBackend(MemoryBackend):
-    """A memory backend whose storage fails to remove the file of the message `broken`."""
+class _FailingBackend(MemoryBackend):
+    """A memory backend whose storage fails to remove or read the file of the message
+    `broken`, and counts the reads it made."""
+
+    reads = 0
 
     def remove(self, folder: str, name: str) -> None:
         if name == "broken":
             raise OSError("the storage failed")
         super().remove(folder, name)
 
+    def read(self, folder: str, name: str) -> bytes:
+        self.reads += 1
+        if name == "broken":
+            raise OSError("the storage failed")
+        return super().read(folder, name)
+
+
+def _four_claims(backend: _FailingBackend) -> tuple[FileStore, list[Claim]]:
+    store = FileStore(backend)
+    store.prepare()
+    for name in ("a", "broken", "c", "d"):
+        store.deliver(name.encode(), name)
+    return store, store.claim_many(4)
+
 
 def test_an_error_in_a_bulk_ack_comes_after_every_other_claim_was_acked() -> None:
     """`ack_many` acks every claim it can before it raises another claim's error: one
     storage failure does not leave the rest of the batch claimed."""
-    store = FileStore(_FailingRemoveBackend(f"bulk-{uuid.uuid4().hex}"))
-    store.prepare()
-    for name in ("a", "broken", "c", "d"):
-        store.deliver(name.encode(), name)
-    claims = store.claim_many(4)
+    store, claims = _four_claims(_FailingBackend(f"bulk-{uuid.uuid4().hex}"))
     with pytest.raises(OSError, match="the storage failed"):
         store.ack_many(claims)
     assert store.names("cur") == ["broken"]
+
+
+def test_an_error_in_a_bulk_read_comes_after_every_other_read() -> None:
+    """`read_many` raises a storage error (not a lost lease) once every claim was read."""
+    backend = _FailingBackend(f"bulk-{uuid.uuid4().hex}")
+    store, claims = _four_claims(backend)
+    with pytest.raises(OSError, match="the storage failed"):
+        store.read_many(claims)
+    assert backend.reads == 4

@@ -19,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from filespool._steps import Steps, run_async
 from filespool.backends.base import Backend
 from filespool.errors import LeaseLost, NotFound
 from filespool.queue import Claim, Record, Recovery, lease_lost
 from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, lost_claims
+
+T = TypeVar("T")
 
 
 class AsyncClaim(str):
@@ -178,33 +180,47 @@ class AsyncFileStore:
 
     async def ack_many(self, claims: Iterable[AsyncClaim]) -> builtins.list[AsyncClaim]:
         """Ack each claim (see `FileStore.ack_many`); return those whose lease was lost."""
-        return await self._each_claim(claims, AsyncClaim.ack)
+        batch = builtins.list(claims)
+        return lost_claims(batch, await self._each_claim(batch, AsyncClaim.ack))
 
     async def release_many(
         self, claims: Iterable[AsyncClaim], reason: str | None = None, *, attempt: bool = True
     ) -> builtins.list[AsyncClaim]:
         """Give each claim back (see `FileStore.release_many`); return those whose lease
         was lost."""
-        return await self._each_claim(claims, lambda claim: claim.release(reason, attempt=attempt))
+        batch = builtins.list(claims)
+        outcomes = await self._each_claim(
+            batch, lambda claim: claim.release(reason, attempt=attempt)
+        )
+        return lost_claims(batch, outcomes)
+
+    async def read_many(self, claims: Iterable[AsyncClaim]) -> dict[AsyncClaim, bytes]:
+        """Each claim's content (see `FileStore.read_many`); a claim whose lease was lost
+        is left out."""
+        batch = builtins.list(claims)
+        outcomes = await self._each_claim(batch, AsyncClaim.read)
+        lost_claims(batch, outcomes)  # raises any other error
+        return {
+            claim: data
+            for claim, data in zip(batch, outcomes, strict=True)
+            if isinstance(data, bytes)
+        }
 
     async def _each_claim(
-        self, claims: Iterable[AsyncClaim], finish: Callable[[AsyncClaim], Awaitable[object]]
-    ) -> builtins.list[AsyncClaim]:
-        """Apply `finish` to every claim, `Backend.concurrency` at a time; return those it
-        raised `LeaseLost` for. Another error is raised once every claim had its turn."""
-        batch = builtins.list(claims)
+        self, batch: Sequence[AsyncClaim], step: Callable[[AsyncClaim], Awaitable[T]]
+    ) -> builtins.list[T | Exception]:
+        """Apply `step` to every claim, `Backend.concurrency` at a time; each claim's
+        result, or the error it raised (see `lost_claims`)."""
         window = asyncio.Semaphore(self.store.backend.concurrency)
 
-        async def apply(claim: AsyncClaim) -> BaseException | None:
+        async def apply(claim: AsyncClaim) -> T | Exception:
             async with window:
                 try:
-                    await finish(claim)
+                    return await step(claim)
                 except Exception as error:  # raised by lost_claims, once all had their turn
                     return error
-                return None
 
-        errors = await asyncio.gather(*(apply(claim) for claim in batch))
-        return lost_claims(batch, errors)
+        return await asyncio.gather(*(apply(claim) for claim in batch))
 
     async def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back expired claims (see `FileStore.recover`)."""

@@ -42,6 +42,7 @@ MAILDIR_TMP_AGE = 36 * 3600
 """Maildir's rule: a file in `tmp/` untouched for 36 hours may be removed."""
 
 C = TypeVar("C", bound=str)
+T = TypeVar("T")
 Name = str | os.PathLike[str]
 """A bare file name, or a full path name as returned by `FileStore.list`."""
 
@@ -275,37 +276,47 @@ class FileStore:
     def ack_many(self, claims: Iterable[Claim]) -> builtins.list[Claim]:
         """Ack each claim (`Backend.concurrency` at a time); return the claims whose lease
         was lost (their `ack` raised `LeaseLost`: another claim holds the file now)."""
-        return self._each_claim(claims, Claim.ack)
+        batch = builtins.list(claims)
+        return lost_claims(batch, self._each_claim(batch, Claim.ack))
 
     def release_many(
         self, claims: Iterable[Claim], reason: str | None = None, *, attempt: bool = True
     ) -> builtins.list[Claim]:
         """Give each claim back as `release` does (`Backend.concurrency` at a time); return
         the claims whose lease was lost. `store.record(name)` says where a message went."""
-        return self._each_claim(claims, lambda claim: claim.release(reason, attempt=attempt))
+        batch = builtins.list(claims)
+        outcomes = self._each_claim(batch, lambda claim: claim.release(reason, attempt=attempt))
+        return lost_claims(batch, outcomes)
+
+    def read_many(self, claims: Iterable[Claim]) -> dict[Claim, bytes]:
+        """Each claim's content (`Backend.concurrency` reads at a time), in the claims'
+        order; a claim whose lease was lost (its `read` raised `LeaseLost`) is left out."""
+        batch = builtins.list(claims)
+        outcomes = self._each_claim(batch, Claim.read)
+        lost_claims(batch, outcomes)  # raises any other error
+        return {
+            claim: data
+            for claim, data in zip(batch, outcomes, strict=True)
+            if isinstance(data, bytes)
+        }
 
     def _each_claim(
-        self, claims: Iterable[Claim], finish: Callable[[Claim], object]
-    ) -> builtins.list[Claim]:
-        """Apply `finish` to every claim, concurrently where requests wait on a network;
-        return the claims it raised `LeaseLost` for. Another error is raised once every
-        claim had its turn."""
+        self, batch: Sequence[Claim], step: Callable[[Claim], T]
+    ) -> builtins.list[T | Exception]:
+        """Apply `step` to every claim, concurrently where requests wait on a network;
+        each claim's result, or the error it raised (see `lost_claims`)."""
 
-        def apply(claim: Claim) -> BaseException | None:
+        def apply(claim: Claim) -> T | Exception:
             try:
-                finish(claim)
-            except Exception as error:  # raised below, once every claim had its turn
+                return step(claim)
+            except Exception as error:  # raised by lost_claims, once every claim had its turn
                 return error
-            return None
 
-        batch = builtins.list(claims)
         window = min(self.backend.concurrency, len(batch))
         if window <= 1:
-            errors = builtins.list(map(apply, batch))
-        else:
-            with ThreadPoolExecutor(max_workers=window) as pool:
-                errors = builtins.list(pool.map(apply, batch))
-        return lost_claims(batch, errors)
+            return builtins.list(map(apply, batch))
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            return builtins.list(pool.map(apply, batch))
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in
@@ -542,14 +553,17 @@ def _check_mode(mode: object, allowed: tuple[str, ...]) -> None:
         raise InvalidMode(f"mode {mode!r} is not supported here; use one of {', '.join(allowed)}")
 
 
-def lost_claims(batch: Sequence[C], errors: Sequence[BaseException | None]) -> builtins.list[C]:
-    """The claims of a finished batch whose step raised `LeaseLost`; raises the first other
-    error (every claim of the batch has had its turn by then)."""
-    for error in errors:
-        if error is not None and not isinstance(error, LeaseLost):
-            raise error
+def lost_claims(batch: Sequence[C], outcomes: Sequence[object]) -> builtins.list[C]:
+    """The claims of a finished batch whose step raised `LeaseLost` (`outcomes` holds each
+    claim's result or error); raises the first other error (every claim of the batch has
+    had its turn by then)."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception) and not isinstance(outcome, LeaseLost):
+            raise outcome
     return [
-        claim for claim, error in zip(batch, errors, strict=True) if isinstance(error, LeaseLost)
+        claim
+        for claim, outcome in zip(batch, outcomes, strict=True)
+        if isinstance(outcome, LeaseLost)
     ]
 
 
