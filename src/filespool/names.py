@@ -125,14 +125,24 @@ class _NameGenerator:
         with self._lock:
             # Strictly increasing within a process, even when the clock has not
             # moved (or stepped back), so names made here sort in creation order.
-            microseconds = max(time.time_ns() // 1000, self._last_microseconds + 1)
+            microseconds = time.time_ns() // 1000
+            if microseconds <= self._last_microseconds:
+                microseconds = self._last_microseconds + 1
             self._last_microseconds = microseconds
             count = next(self._counter)
         seconds, fraction = divmod(microseconds, 1_000_000)
         # random, not secrets: no system call per name; the child of a fork is reseeded,
-        # and host, pid and counter already make the name unique.
+        # and host, pid and counter already make the name unique. %-formatting: quicker
+        # than an f-string with format specs, on every delivery.
         noise = random.getrandbits(64)
-        return f"{seconds}.M{fraction:06d}{self._process}{count}R{noise:016x}.{self._host}"
+        return "%d.M%06d%s%dR%016x.%s" % (  # noqa: UP031
+            seconds,
+            fraction,
+            self._process,
+            count,
+            noise,
+            self._host,
+        )
 
     def staging(self) -> str:
         """A name unique among this host's processes, quicker to make than a full one."""
