@@ -397,7 +397,9 @@ def s3_latency_targets(results: dict[str, Any]) -> list[Check]:
                     "target": f"S3 {row['mode']} {row['step']} >= {S3_BATCH_TARGET:g}x one at "
                     f"a time ({row['latency_ms']:.0f} ms latency)",
                     "figure": f"{row['vs_one_at_a_time']:.1f}x ({row['msg_per_s']:.0f} msg/s, "
-                    f"{row['cpu_ms_per_message']:.1f} ms CPU/msg in the client)",
+                    f"{row['cpu_ms_per_message']:.1f} ms CPU/msg in the client, "
+                    f"{row.get('server_cpu_ms_per_message', 0.0):.1f} in the servers, "
+                    f"which share the machine's {os.cpu_count()} CPUs)",
                     "met": row["vs_one_at_a_time"] >= S3_BATCH_TARGET,
                 }
             )

@@ -11,7 +11,9 @@ acks them one by one, then with ``claim_many``/``read_many``/``ack_many``; then 
 same batches through ``filespool.aio`` (requests on the caller's loop, as an asyncio
 service would make them); the order of the three modes
 rotates between repetitions. Reported: messages per second (wall), the client's CPU time per
-message, and HTTP requests per message in each mode (a batch must add none).
+message, the servers' (LocalStack's and the proxy's, from /proc: on this machine they
+share the client's cores), and HTTP requests per message in each mode (a batch must add
+none).
 
 Claimer processes. M messages are put in one spool, then K processes (1, 4, 16),
 each with its own store, started and probed before a shared start signal, claim and
@@ -32,6 +34,7 @@ import queue
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from common import Samples, check_exactly_once, payloads, table
@@ -114,6 +117,7 @@ def _batches(
                     "msg_per_s": mine.median("rate"),
                     "vs_one_at_a_time": mine.median("rate") / one.median("rate"),
                     "cpu_ms_per_message": mine.median("cpu_ms"),
+                    "server_cpu_ms_per_message": mine.median("server_cpu_ms"),
                     "requests_per_message": mine.median("requests"),
                     "samples": mine.values,
                 }
@@ -185,14 +189,40 @@ def _async_round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dic
 
 @contextlib.contextmanager
 def _measured(tally: Any, count: int) -> Iterator[dict[str, float]]:
-    """Fill the yielded dict with rate, CPU ms and requests (reads left out) per message."""
+    """Fill the yielded dict with rate, CPU ms (the client's, the servers') and requests
+    (reads left out) per message."""
     figures: dict[str, float] = {}
     tally.calls.clear()
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, server_cpu = time.perf_counter(), time.process_time(), _children_cpu()
     yield figures
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server_cpu = _children_cpu() - server_cpu
     requests = sum(n for (_, request), n in tally.calls.items() if request != "GET")
-    figures.update(rate=count / wall, cpu_ms=cpu / count * 1000, requests=requests / count)
+    figures.update(
+        rate=count / wall,
+        cpu_ms=cpu / count * 1000,
+        server_cpu_ms=server_cpu / count * 1000,
+        requests=requests / count,
+    )
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's children (LocalStack and the proxy while
+    batches run), from Linux's /proc; NaN elsewhere."""
+    try:
+        children = [
+            pid
+            for task in os.listdir("/proc/self/task")
+            for pid in Path(f"/proc/self/task/{task}/children").read_text().split()
+        ]
+    except OSError:
+        return float("nan")
+    ticks = 0
+    for pid in children:
+        with contextlib.suppress(OSError):  # a child that has just ended
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # -- claimer processes ----------------------------------------------------------------------------
@@ -330,6 +360,7 @@ def summarize(result: dict[str, Any]) -> list[str]:
                 ("msg/s", ">7.1f", lambda r: r["msg_per_s"]),
                 ("vs 1 at a time", ">14.1f", lambda r: r["vs_one_at_a_time"]),
                 ("CPU ms/msg", ">10.2f", lambda r: r["cpu_ms_per_message"]),
+                ("servers' CPU", ">12.2f", lambda r: r.get("server_cpu_ms_per_message", 0.0)),
                 ("requests/msg", ">12.2f", lambda r: r["requests_per_message"]),
             ],
             result["batches"],
