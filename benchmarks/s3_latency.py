@@ -141,7 +141,7 @@ def _round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dict[str,
     with _measured(tally, count) as claim_and_ack:
         if mode == "batched":
             while claims := store.claim_many(BATCH):
-                found.extend(store.read_many(claims).values())
+                found.extend(data for _, data in store.read_many(claims))
                 store.ack_many(claims)
         else:
             while (claim := store.claim()) is not None:
@@ -176,7 +176,7 @@ def _async_round(store: Any, tally: Any, mode: str, count: int) -> dict[str, dic
             figures["deliver"] = deliver
             with _measured(tally, count) as claim_and_ack:
                 while claims := await spool.claim_many(BATCH):
-                    found.extend((await spool.read_many(claims)).values())
+                    found.extend(data for _, data in await spool.read_many(claims))
                     await spool.ack_many(claims)
             figures["claim+ack"] = claim_and_ack
 

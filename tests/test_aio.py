@@ -13,6 +13,7 @@ import pytest
 
 from filespool import FileStore, LeaseLost
 from filespool.aio import AsyncClaim, AsyncFileStore
+from filespool.backends.memory import MemoryBackend
 
 
 async def closing(store: AsyncFileStore, work: Awaitable[None]) -> None:
@@ -66,7 +67,7 @@ def test_a_claim_as_async_context_acks_or_releases(store: AsyncFileStore) -> Non
         assert await store.release_many(claims, "later") == []
         assert (await store.record(second)).reason == "later"
         claims = await store.claim_many(5)
-        assert await store.read_many(claims) == {claims[0]: b"2"}
+        assert await store.read_many(claims) == [(claims[0], b"2")]
         assert await store.ack_many(claims) == []
         assert [await store.names(f) for f in ("new", "cur", "failed")] == [[], [], []]
 
@@ -133,10 +134,42 @@ def test_a_late_async_worker_gets_lease_lost(store: AsyncFileStore) -> None:
         late = await store.claim()
         await store.recover(older_than=0)
         later = await store.claim()
+        [(read, data)] = await store.read_many([late, later])  # type: ignore[list-item]
+        assert read is later
+        assert data == b"x"
         with pytest.raises(LeaseLost):
             await late.ack()  # type: ignore[union-attr]
         async with later:  # type: ignore[union-attr]
             pass
         assert (await store.stats())["cur"].count == 0
+
+    asyncio.run(closing(store, main()))
+
+
+class _FailingReads(MemoryBackend):
+    """A memory backend whose storage fails to read the message `broken`; counts reads."""
+
+    reads = 0
+
+    def read(self, folder: str, name: str) -> bytes:
+        self.reads += 1
+        if name == "broken":
+            raise OSError("the storage failed")
+        return super().read(folder, name)
+
+
+def test_an_error_in_an_async_bulk_read_comes_after_every_other_read() -> None:
+    """`read_many` raises a storage error (not a lost lease) once every claim was read."""
+    backend = _FailingReads(f"aio-{uuid.uuid4().hex}")
+    store = AsyncFileStore(FileStore(backend))
+
+    async def main() -> None:
+        await store.prepare()
+        for name in ("a", "broken", "c"):
+            await store.deliver(name.encode(), name)
+        claims = await store.claim_many(3)
+        with pytest.raises(OSError, match="the storage failed"):
+            await store.read_many(claims)
+        assert backend.reads == 3
 
     asyncio.run(closing(store, main()))

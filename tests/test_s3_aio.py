@@ -59,8 +59,9 @@ def test_s3_requests_are_made_on_the_callers_loop(
             assert await claim.release("again") == "new"
             claims = await spool.claim_many(3)
             assert sorted(claims) == sorted([first, second, "third"])
-            contents = await spool.read_many(claims)
-            assert sorted(contents.values()) == [b"1", b"2", b"3"]
+            sent = {first: b"1", second: b"2", "third": b"3"}
+            pairs = await spool.read_many(claims)
+            assert pairs == [(claim, sent[claim]) for claim in claims]
             await claims[0].fail("bad")
             assert await spool.release_many(claims[1:2], "later") == []
             assert await spool.ack_many(claims[2:]) == []

@@ -194,17 +194,19 @@ class AsyncFileStore:
         )
         return lost_claims(batch, outcomes)
 
-    async def read_many(self, claims: Iterable[AsyncClaim]) -> dict[AsyncClaim, bytes]:
-        """Each claim's content (see `FileStore.read_many`); a claim whose lease was lost
-        is left out."""
+    async def read_many(
+        self, claims: Iterable[AsyncClaim]
+    ) -> builtins.list[tuple[AsyncClaim, bytes]]:
+        """Each claim with its content (see `FileStore.read_many`); a claim whose lease was
+        lost is left out."""
         batch = builtins.list(claims)
         outcomes = await self._each_claim(batch, AsyncClaim.read)
         lost_claims(batch, outcomes)  # raises any other error
-        return {
-            claim: data
+        return [
+            (claim, data)
             for claim, data in zip(batch, outcomes, strict=True)
-            if isinstance(data, bytes)
-        }
+            if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
+        ]
 
     async def _each_claim(
         self, batch: Sequence[AsyncClaim], step: Callable[[AsyncClaim], Awaitable[T]]

@@ -288,17 +288,19 @@ class FileStore:
         outcomes = self._each_claim(batch, lambda claim: claim.release(reason, attempt=attempt))
         return lost_claims(batch, outcomes)
 
-    def read_many(self, claims: Iterable[Claim]) -> dict[Claim, bytes]:
-        """Each claim's content (`Backend.concurrency` reads at a time), in the claims'
-        order; a claim whose lease was lost (its `read` raised `LeaseLost`) is left out."""
+    def read_many(self, claims: Iterable[Claim]) -> builtins.list[tuple[Claim, bytes]]:
+        """Each claim with its content (`Backend.concurrency` reads at a time), in the
+        claims' order; a claim whose lease was lost (its `read` raised `LeaseLost`) is
+        left out. Pairs, not a dict: a claim equals its message's name, which a stale
+        claim of the message shares."""
         batch = builtins.list(claims)
         outcomes = self._each_claim(batch, Claim.read)
         lost_claims(batch, outcomes)  # raises any other error
-        return {
-            claim: data
+        return [
+            (claim, data)
             for claim, data in zip(batch, outcomes, strict=True)
-            if isinstance(data, bytes)
-        }
+            if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
+        ]
 
     def _each_claim(
         self, batch: Sequence[Claim], step: Callable[[Claim], T]

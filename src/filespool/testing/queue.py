@@ -85,19 +85,22 @@ class QueueContract(StoreContract):
         assert [prepared.names(folder) for folder in FOLDERS] == [[], [], [], []]
 
     def test_read_many_reads_each_and_leaves_out_the_lost(self, prepared: FileStore) -> None:
-        """`read_many` gives each claim's content, in the claims' order; a claim whose
-        lease was lost is left out, and a later claim of its file reads it."""
+        """`read_many` pairs each claim with its content, in the claims' order; a claim
+        whose lease was lost is left out, and a later claim of its file reads it."""
         for i in range(5):
             prepared.deliver(str(i), f"m{i}")
         claims = sorted(prepared.claim_many(5))
-        assert list(prepared.read_many(claims).items()) == [
-            (claim, claim.name[1:].encode()) for claim in claims
-        ]
+        pairs = prepared.read_many(claims)
+        assert pairs == [(claim, claim.name[1:].encode()) for claim in claims]
+        assert all(paired is claim for (paired, _), claim in zip(pairs, claims, strict=True))
         prepared.recover(older_than=0)  # every lease ran out: all five are back in new/
         later = prepared.claim_many(2)
-        assert prepared.read_many(claims) == {}
-        assert prepared.read_many(later) == {claim: claim.name[1:].encode() for claim in later}
-        assert prepared.read_many([]) == {}
+        assert prepared.read_many(claims) == []
+        stale_and_later = [claims[0], *later]
+        assert [
+            (paired.file_name, data) for paired, data in prepared.read_many(stale_and_later)
+        ] == [(claim.file_name, claim.name[1:].encode()) for claim in later]
+        assert prepared.read_many([]) == []
 
     def test_release_many_gives_each_back_and_returns_the_lost(self, prepared: FileStore) -> None:
         """`release_many` gives back every claim it can, counting a try (or not, with
