@@ -14,6 +14,7 @@ import pytest
 from filespool import FileStore, LeaseLost
 from filespool.aio import AsyncClaim, AsyncFileStore
 from filespool.backends.memory import MemoryBackend
+from filespool.testing.faults import STALLABLE, count_steps, stall_round
 
 
 async def closing(store: AsyncFileStore, work: Awaitable[None]) -> None:
@@ -173,3 +174,20 @@ def test_an_error_in_an_async_bulk_read_comes_after_every_other_read() -> None:
         assert backend.reads == 3
 
     asyncio.run(closing(store, main()))
+
+
+@pytest.mark.parametrize("operation", STALLABLE)
+def test_an_async_worker_paused_at_any_step_loses_nothing(
+    store: AsyncFileStore, operation: str
+) -> None:
+    """The stall matrix through the asyncio driver: `operation`, run by `AsyncFileStore`,
+    is paused on its loop before each of its storage calls in turn; meanwhile its lease
+    runs out and another worker recovers and claims the file (or, for `recover`, the
+    worker renews). Nothing may be lost, and the other's claim is left alone."""
+    spool = store.store
+    spool.prepare()
+    others = FileStore(spool.backend, max_attempts=spool.max_attempts)
+    steps = count_steps(spool, operation, on_a_loop=True)
+    assert steps > 0
+    for step in range(steps):
+        stall_round(spool, others, operation, step, on_a_loop=True)

@@ -17,12 +17,14 @@ from s3_servers import new_bucket, store_on
 from test_aio import (  # the backend-independent tests, run here on S3
     test_a_claim_as_async_context_acks_or_releases,
     test_a_late_async_worker_gets_lease_lost,
+    test_an_async_worker_paused_at_any_step_loses_nothing,
     test_deliver_claim_ack,
 )
 
 __all__ = [
     "test_a_claim_as_async_context_acks_or_releases",
     "test_a_late_async_worker_gets_lease_lost",
+    "test_an_async_worker_paused_at_any_step_loses_nothing",
     "test_deliver_claim_ack",
 ]
 

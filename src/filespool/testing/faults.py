@@ -1,13 +1,16 @@
 """Faults on demand: a backend that pauses a worker between two steps of an operation,
-and the stall matrix that pauses each queue operation at each of its steps."""
+and the stall matrix that pauses each queue operation at each of its steps (driven by
+`FileStore` in a thread, or by `AsyncFileStore` on an event loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
+from filespool.aio import AsyncClaim, AsyncFileStore
 from filespool.backends.base import Backend
 from filespool.errors import LeaseLost
 from filespool.queue import Claim
@@ -24,7 +27,9 @@ class StallingBackend(Relay):
 
     `stall_before(n)` makes the n-th call from then on wait (the thread making it
     blocks, `stalled` is set) until `resume()`: a worker paused between two steps of
-    an operation, as by a long GC pause, a slow disk or a network stall.
+    an operation, as by a long GC pause, a slow disk or a network stall. Through
+    `call_async` the calls go to the inner backend's own asyncio face, and the paused
+    call's coroutine waits while its event loop runs on.
     """
 
     def __init__(self, inner: Backend) -> None:
@@ -46,11 +51,25 @@ class StallingBackend(Relay):
         self._resume.set()
 
     def _relay(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self.calls == self._stall_at:
-            self.stalled.set()
+        if self._stalls_now():
             self._resume.wait(timeout=600)
-        self.calls += 1
         return getattr(self.inner, method)(*args, **kwargs)
+
+    async def call_async(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        if self._stalls_now():
+            await asyncio.to_thread(self._resume.wait, 600)  # the loop is not blocked
+        return await self.inner.call_async(method, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def _stalls_now(self) -> bool:
+        """Count a call; whether it is the one to pause (then `stalled` is set)."""
+        stalls = self.calls == self._stall_at
+        self.calls += 1
+        if stalls:
+            self.stalled.set()
+        return stalls
 
 
 def _stalling_twin(store: FileStore) -> tuple[FileStore, StallingBackend]:
@@ -71,13 +90,37 @@ def _start(store: FileStore, operation: str) -> Callable[[], object]:
     return cast(Callable[[], object], getattr(claim, operation))
 
 
-def count_steps(store: FileStore, operation: str) -> int:
-    """How many backend calls `operation` makes, unpaused."""
+def _start_on_a_loop(store: FileStore, operation: str) -> Callable[[], object]:
+    """`_start` through `AsyncFileStore`: the operation's steps driven by `run_async`, on
+    an event loop of the calling thread's own."""
+    spool = AsyncFileStore(store)
+
+    async def closing(work: Awaitable[Any]) -> Any:
+        async with spool:  # the loop's connections closed, as a service would
+            return await work
+
+    claim: AsyncClaim | None = None
+    if operation not in ("claim", "recover"):
+        claim = asyncio.run(closing(spool.claim()))
+        assert claim is not None
+    if operation == "claim":
+        return lambda: asyncio.run(closing(spool.claim()))
+    if operation == "recover":
+        return lambda: asyncio.run(closing(spool.recover(0)))
+    assert claim is not None
+    if operation == "fail":
+        return lambda: asyncio.run(closing(claim.fail("stalled")))
+    return lambda: asyncio.run(closing(getattr(claim, operation)()))
+
+
+def count_steps(store: FileStore, operation: str, *, on_a_loop: bool = False) -> int:
+    """How many backend calls `operation` makes, unpaused (`on_a_loop`: through
+    `AsyncFileStore`)."""
     twin, backend = _stalling_twin(store)
     store.deliver(b"counting")
     if operation == "recover":
         assert store.claim() is not None
-    run = _start(twin, operation)
+    run = (_start_on_a_loop if on_a_loop else _start)(twin, operation)
     backend.stall_before(None)
     run()
     steps = backend.calls
@@ -85,12 +128,15 @@ def count_steps(store: FileStore, operation: str) -> int:
     return steps
 
 
-def stall_round(store: FileStore, others: FileStore, operation: str, step: int) -> None:
-    """One round of the stall matrix: `operation`, paused before its `step`-th backend call."""
+def stall_round(
+    store: FileStore, others: FileStore, operation: str, step: int, *, on_a_loop: bool = False
+) -> None:
+    """One round of the stall matrix: `operation`, paused before its `step`-th backend
+    call (`on_a_loop`: driven by `AsyncFileStore` on an event loop, paused there)."""
     twin, backend = _stalling_twin(store)
     name = store.deliver(b"stalled")
     holder = others.claim() if operation == "recover" else None
-    run = _start(twin, operation)
+    run = (_start_on_a_loop if on_a_loop else _start)(twin, operation)
     outcome: list[object] = []
 
     def work() -> None:
@@ -117,7 +163,7 @@ def stall_round(store: FileStore, others: FileStore, operation: str, step: int) 
         later = others.claim()
     backend.resume()
     thread.join()
-    context = f"{operation} stalled before step {step}: {outcome}"
+    context = f"{operation} stalled before step {step}{' on a loop' * on_a_loop}: {outcome}"
     done = operation == "ack" and outcome == [None]
     if renewed:
         assert holder is not None
