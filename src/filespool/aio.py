@@ -28,7 +28,7 @@ from filespool._steps import Steps, run_async
 from filespool.backends.base import Backend
 from filespool.errors import LeaseLost, NotFound
 from filespool.queue import Claim, Record, Recovery, lease_lost
-from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, lost_claims
+from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, lost_claims, read_claims
 
 T = TypeVar("T")
 
@@ -200,13 +200,7 @@ class AsyncFileStore:
         """Each claim with its content (see `FileStore.read_many`); a claim whose lease was
         lost is left out."""
         batch = builtins.list(claims)
-        outcomes = await self._each_claim(batch, AsyncClaim.read)
-        lost_claims(batch, outcomes)  # raises any other error
-        return [
-            (claim, data)
-            for claim, data in zip(batch, outcomes, strict=True)
-            if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
-        ]
+        return read_claims(batch, await self._each_claim(batch, AsyncClaim.read))
 
     async def _each_claim(
         self, batch: Sequence[AsyncClaim], step: Callable[[AsyncClaim], Awaitable[T]]

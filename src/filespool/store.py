@@ -294,13 +294,7 @@ class FileStore:
         left out. Pairs, not a dict: a claim equals its message's name, which a stale
         claim of the message shares."""
         batch = builtins.list(claims)
-        outcomes = self._each_claim(batch, Claim.read)
-        lost_claims(batch, outcomes)  # raises any other error
-        return [
-            (claim, data)
-            for claim, data in zip(batch, outcomes, strict=True)
-            if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
-        ]
+        return read_claims(batch, self._each_claim(batch, Claim.read))
 
     def _each_claim(
         self, batch: Sequence[Claim], step: Callable[[Claim], T]
@@ -566,6 +560,19 @@ def lost_claims(batch: Sequence[C], outcomes: Sequence[object]) -> builtins.list
         claim
         for claim, outcome in zip(batch, outcomes, strict=True)
         if isinstance(outcome, LeaseLost)
+    ]
+
+
+def read_claims(
+    batch: Sequence[C], outcomes: Sequence[bytes | Exception]
+) -> builtins.list[tuple[C, bytes]]:
+    """The claims of a finished batch of reads, each with its content, leaving out those
+    whose lease was lost; raises the first other error (see `lost_claims`)."""
+    lost_claims(batch, outcomes)
+    return [
+        (claim, data)
+        for claim, data in zip(batch, outcomes, strict=True)
+        if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
     ]
 
 

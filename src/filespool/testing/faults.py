@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
-from filespool.aio import AsyncClaim, AsyncFileStore
+from filespool.aio import AsyncFileStore
 from filespool.backends.base import Backend
 from filespool.errors import LeaseLost
 from filespool.queue import Claim
@@ -99,14 +99,11 @@ def _start_on_a_loop(store: FileStore, operation: str) -> Callable[[], object]:
         async with spool:  # the loop's connections closed, as a service would
             return await work
 
-    claim: AsyncClaim | None = None
-    if operation not in ("claim", "recover"):
-        claim = asyncio.run(closing(spool.claim()))
-        assert claim is not None
     if operation == "claim":
         return lambda: asyncio.run(closing(spool.claim()))
     if operation == "recover":
         return lambda: asyncio.run(closing(spool.recover(0)))
+    claim = asyncio.run(closing(spool.claim()))
     assert claim is not None
     if operation == "fail":
         return lambda: asyncio.run(closing(claim.fail("stalled")))
