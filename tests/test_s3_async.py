@@ -4,12 +4,13 @@ run on the caller's loop and thread, with a client per loop, and behave as the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import pickle
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +18,7 @@ import fsspec.asyn
 import pytest
 from aiobotocore.hooks import AioHierarchicalEmitter
 
-from filespool import AlreadyExists, NotPrepared
+from filespool import AlreadyExists, FileStore, NotPrepared
 from filespool.backends.base import next_names
 from filespool.backends.s3 import (
     S3AccessDenied,
@@ -230,13 +231,9 @@ def test_put_many_through_the_async_face_keeps_its_requests_in_flight_together(
     assert sorted(backend.list_names("new")) == [f"m{i}" for i in range(9)]
 
 
-def test_sync_put_many_runs_on_s3fs_io_loop_without_threads(
-    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    backend = backend_on(endpoint, bucket, concurrency=4)
-    backend.create_folders(FOLDERS)
-    wait = UntilFourWait()
-    backend.client.meta.events.register("before-send.s3.PutObject", wait)
+@contextlib.contextmanager
+def threads_started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the threads started in the block."""
     started: list[str] = []
     start = threading.Thread.start
 
@@ -245,12 +242,75 @@ def test_sync_put_many_runs_on_s3fs_io_loop_without_threads(
         start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", record_start)
-    results = backend.put_many("new", [(f"m{i}", b"x") for i in range(9)], durable=True)
-    monkeypatch.undo()
+    try:
+        yield started
+    finally:
+        monkeypatch.undo()
+
+
+def test_sync_put_many_runs_on_s3fs_io_loop_without_threads(
+    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_on(endpoint, bucket, concurrency=4)
+    backend.create_folders(FOLDERS)
+    wait = UntilFourWait()
+    backend.client.meta.events.register("before-send.s3.PutObject", wait)
+    with threads_started(monkeypatch) as started:
+        results = backend.put_many("new", [(f"m{i}", b"x") for i in range(9)], durable=True)
     assert results == [False] * 9
     assert (wait.sent, wait.timed_out) == (9, 0)
     assert started == []
     assert set(wait.where) == {(backend.fs.loop, fsspec.asyn.iothread[0])}
+
+
+BATCH_REQUESTS = {
+    "claim_many": "CopyObject",
+    "read_many": "GetObject",
+    "ack_many": "DeleteObject",
+    "release_many": "CopyObject",
+}
+
+
+@pytest.mark.parametrize("batch", sorted(BATCH_REQUESTS))
+def test_sync_batches_run_on_s3fs_io_loop_without_threads(
+    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch, batch: str
+) -> None:
+    """`FileStore`'s batches on S3 are tasks on s3fs's IO loop, `concurrency` requests in
+    flight together, with no thread per request (at a window of 64, a thread each cost
+    more than the requests' own work)."""
+    store = FileStore(backend_on(endpoint, bucket, claim_method="copy", concurrency=4))
+    store.prepare()
+    store.deliver_many([b"x"] * 9)
+    claims = [] if batch == "claim_many" else store.claim_many(9)
+    wait = UntilFourWait()
+    store.backend.client.meta.events.register(f"before-send.s3.{BATCH_REQUESTS[batch]}", wait)
+    with threads_started(monkeypatch) as started:
+        if batch == "claim_many":
+            assert len(store.claim_many(9)) == 9
+        else:
+            getattr(store, batch)(claims)
+    assert started == []
+    assert wait.sent >= 9
+    # A claim_many's first claim is made alone (it is `claim(wait)`): its wait times out.
+    assert wait.timed_out == (1 if batch == "claim_many" else 0)
+    assert set(wait.where) == {(store.backend.loop, fsspec.asyn.iothread[0])}
+    assert store.stats()["cur"].count == (9 if batch in ("claim_many", "read_many") else 0)
+
+
+def test_a_sync_batch_on_the_backends_own_loop_raises_rather_than_hangs(
+    endpoint: str, bucket: str
+) -> None:
+    store = FileStore(backend_on(endpoint, bucket, concurrency=4))
+    store.prepare()
+    store.deliver_many([b"x", b"y"])
+    claims = store.claim_many(2)
+
+    async def misuse() -> Any:
+        return store.read_many(claims)
+
+    with pytest.raises(RuntimeError, match="AsyncFileStore"):
+        asyncio.run_coroutine_threadsafe(misuse(), store.backend.loop).result(10)
+    assert sorted(data for _, data in store.read_many(claims)) == [b"x", b"y"]
 
 
 def test_put_many_reports_each_item_as_the_sync_face_does(endpoint: str, bucket: str) -> None:

@@ -16,7 +16,6 @@ each, so the loop is never blocked by a disk's fsync. `claim(wait=...)` waits wi
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,10 +23,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from filespool import _awaited as awaited
 from filespool._steps import Steps, run_async
 from filespool.backends.base import Backend
-from filespool.errors import LeaseLost, NotFound
-from filespool.queue import Claim, Record, Recovery, lease_lost
+from filespool.errors import LeaseLost
+from filespool.queue import Claim, Record, Recovery
 from filespool.store import MAILDIR_TMP_AGE, FileStore, FolderStats, lost_claims, read_claims
 
 T = TypeVar("T")
@@ -54,26 +54,15 @@ class AsyncClaim(str):
 
     async def read(self) -> bytes:
         """The file's content."""
-        try:
-            data: bytes = await self.claim.queue.backend.call_async(
-                "read", "cur", self.claim.file_name
-            )
-        except NotFound:
-            raise lease_lost(self.claim) from None
-        return data
+        return await awaited.read(self.claim)
 
     async def ack(self) -> None:
         """Done: remove the file (see `Claim.ack`)."""
-        await self._run(self.claim.queue.ack_steps(self.claim))
-        self.claim.finished = True
+        await awaited.ack(self.claim)
 
     async def release(self, reason: str | None = None, *, attempt: bool = True) -> str:
         """Give the file back for another try (see `Claim.release`); returns where it went."""
-        folder: str = await self._run(
-            self.claim.queue.release_steps(self.claim, reason, attempt=attempt)
-        )
-        self.claim.finished = True
-        return folder
+        return await awaited.release(self.claim, reason, attempt=attempt)
 
     async def fail(self, reason: str) -> None:
         """Dead-letter the file with `reason` (see `Claim.fail`)."""
@@ -166,17 +155,11 @@ class AsyncFileStore:
         first = await self.claim(wait)
         if first is None:
             return []
-        wanted = iter(range(count - 1))  # each task takes a turn; the loop is one thread
-
-        async def claim_in_turn() -> builtins.list[AsyncClaim]:
-            taken: builtins.list[AsyncClaim] = []
-            while next(wanted, None) is not None and (claim := await self.claim()) is not None:
-                taken.append(claim)
-            return taken
-
-        window = max(1, min(self.store.backend.concurrency, count - 1))
-        batches = await asyncio.gather(*(claim_in_turn() for _ in range(window)))
-        return [first, *(claim for batch in batches for claim in batch)]
+        window = min(self.store.backend.concurrency, count - 1)
+        more = await awaited.claim_many(
+            self.store.backend, self.store.claim_steps, count - 1, window
+        )
+        return [first, *map(AsyncClaim, more)]
 
     async def ack_many(self, claims: Iterable[AsyncClaim]) -> builtins.list[AsyncClaim]:
         """Ack each claim (see `FileStore.ack_many`); return those whose lease was lost."""
@@ -207,16 +190,7 @@ class AsyncFileStore:
     ) -> builtins.list[T | Exception]:
         """Apply `step` to every claim, `Backend.concurrency` at a time; each claim's
         result, or the error it raised (see `lost_claims`)."""
-        window = asyncio.Semaphore(self.store.backend.concurrency)
-
-        async def apply(claim: AsyncClaim) -> T | Exception:
-            async with window:
-                try:
-                    return await step(claim)
-                except Exception as error:  # raised by lost_claims, once all had their turn
-                    return error
-
-        return await asyncio.gather(*(apply(claim) for claim in batch))
+        return await awaited.each(batch, step, self.store.backend.concurrency)
 
     async def recover(self, older_than: float | timedelta) -> Recovery:
         """Give back expired claims (see `FileStore.recover`)."""

@@ -7,15 +7,17 @@ concrete backend.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, Literal, TextIO, TypeVar, overload
 
+from filespool import _awaited as awaited
 from filespool import _steps as step
 from filespool import backends
 from filespool._steps import Steps, run
@@ -260,6 +262,9 @@ class FileStore:
             while len(claims) < count and (claim := self._queue.claim()) is not None:
                 claims.append(claim)
             return claims
+        if (loop := self.backend.loop) is not None:
+            more = awaited.claim_many(self.backend, self.claim_steps, count - 1, window)
+            return claims + _run_on(loop, more)
         wanted = iter(range(count - 1))  # next() under the GIL: each claimer takes a turn
 
         def claim_in_turn() -> builtins.list[Claim]:
@@ -277,7 +282,7 @@ class FileStore:
         """Ack each claim (`Backend.concurrency` at a time); return the claims whose lease
         was lost (their `ack` raised `LeaseLost`: another claim holds the file now)."""
         batch = builtins.list(claims)
-        return lost_claims(batch, self._each_claim(batch, Claim.ack))
+        return lost_claims(batch, self._each_claim(batch, Claim.ack, awaited.ack))
 
     def release_many(
         self, claims: Iterable[Claim], reason: str | None = None, *, attempt: bool = True
@@ -285,7 +290,11 @@ class FileStore:
         """Give each claim back as `release` does (`Backend.concurrency` at a time); return
         the claims whose lease was lost. `store.record(name)` says where a message went."""
         batch = builtins.list(claims)
-        outcomes = self._each_claim(batch, lambda claim: claim.release(reason, attempt=attempt))
+        outcomes = self._each_claim(
+            batch,
+            lambda claim: claim.release(reason, attempt=attempt),
+            lambda claim: awaited.release(claim, reason, attempt=attempt),
+        )
         return lost_claims(batch, outcomes)
 
     def read_many(self, claims: Iterable[Claim]) -> builtins.list[tuple[Claim, bytes]]:
@@ -294,13 +303,17 @@ class FileStore:
         left out. Pairs, not a dict: a claim equals its message's name, which a stale
         claim of the message shares."""
         batch = builtins.list(claims)
-        return read_claims(batch, self._each_claim(batch, Claim.read))
+        return read_claims(batch, self._each_claim(batch, Claim.read, awaited.read))
 
     def _each_claim(
-        self, batch: Sequence[Claim], step: Callable[[Claim], T]
+        self,
+        batch: Sequence[Claim],
+        step: Callable[[Claim], T],
+        awaited_step: Callable[[Claim], Awaitable[T]],
     ) -> builtins.list[T | Exception]:
-        """Apply `step` to every claim, concurrently where requests wait on a network;
-        each claim's result, or the error it raised (see `lost_claims`)."""
+        """Apply `step` to every claim, concurrently where requests wait on a network (as
+        `awaited_step`, on the backend's loop, if it has one); each claim's result, or the
+        error it raised (see `lost_claims`)."""
 
         def apply(claim: Claim) -> T | Exception:
             try:
@@ -311,6 +324,8 @@ class FileStore:
         window = min(self.backend.concurrency, len(batch))
         if window <= 1:
             return builtins.list(map(apply, batch))
+        if (loop := self.backend.loop) is not None:
+            return _run_on(loop, awaited.each(batch, awaited_step, window))
         with ThreadPoolExecutor(max_workers=window) as pool:
             return builtins.list(pool.map(apply, batch))
 
@@ -574,6 +589,27 @@ def read_claims(
         for claim, data in zip(batch, outcomes, strict=True)
         if not isinstance(data, Exception)  # a LeaseLost: lost_claims raised the others
     ]
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` on `loop`, another thread's, and wait for its result; cancel it if this
+    wait is interrupted."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread: the usual case
+        running = None
+    if running is loop:  # waiting here would stop the loop the work needs
+        work.close()
+        raise RuntimeError(
+            "FileStore's batches cannot run on its backend's own event loop; "
+            "use filespool.aio.AsyncFileStore there"
+        )
+    future = asyncio.run_coroutine_threadsafe(work, loop)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def poll_pauses(wait: float) -> Iterator[float]:

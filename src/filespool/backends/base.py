@@ -72,6 +72,14 @@ class Backend(ABC):
     Batches (`FileStore.claim_many`) run that many at a time."""
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the sync methods make their requests on, if they use one (S3:
+        s3fs's IO loop). `FileStore` runs its batches there, as tasks through `call_async`,
+        rather than in a thread per request in flight. None (the default): the sync
+        methods block their thread, and a batch runs in threads."""
+        return None
+
+    @property
     @abstractmethod
     def url(self) -> str:
         """The canonical URL of the root, e.g. `file:///var/spool/jobs`."""
