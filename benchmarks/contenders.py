@@ -62,10 +62,11 @@ class Floor(Contender):
     modes = (DURABLE, FAST)
     note = (
         "O_EXCL create+write(+fsync)+close, renameat2 NOREPLACE to new/; "
-        "rename to cur/, read, unlink"
+        "renameat2 NOREPLACE to cur/, read, unlink"
     )
     is_floor = True
     directory_fsync = False
+    claim_rename: ClassVar[Any] = staticmethod(rename_noreplace)  # a claim never replaces
 
     def __init__(self, directory: str, durable: bool) -> None:
         super().__init__(directory, durable)
@@ -96,8 +97,9 @@ class Floor(Contender):
         new = self.root + b"/new/"
         cur = self.root + b"/cur/"
         found = []
+        rename = self.claim_rename
         for name in os.listdir(new):
-            os.rename(new + name, cur + name)
+            rename(new + name, cur + name)
             descriptor = os.open(cur + name, os.O_RDONLY | os.O_CLOEXEC)
             found.append(os.read(descriptor, 65536))
             os.close(descriptor)
@@ -112,6 +114,17 @@ class FloorDirectorySync(Floor):
     modes = (DURABLE,)
     note = "floor, plus fsync(new/) after the rename: what durable delivery needs on POSIX"
     directory_fsync = True
+
+
+class FloorReplacingClaim(Floor):
+    """The floor with a plain rename for the claim: what a protocol whose claim may
+    replace a file in cur/ would need (filespool's never does)."""
+
+    name = "floor, claim by plain rename"
+    modes = (FAST,)
+    note = "the floor, but os.rename to cur/ (replaces a file already there)"
+    is_floor = False
+    claim_rename = staticmethod(os.rename)
 
 
 class Filespool(Contender):
@@ -306,6 +319,7 @@ class PersistSQLiteAckQueue(PersistQueue):
 
 LOCAL_CONTENDERS: tuple[type[Contender], ...] = (
     Floor,
+    FloorReplacingClaim,
     FloorDirectorySync,
     Filespool,
     StdlibMaildir,
