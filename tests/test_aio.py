@@ -15,6 +15,7 @@ from filespool import FileStore, LeaseLost
 from filespool.aio import AsyncClaim, AsyncFileStore
 from filespool.backends.memory import MemoryBackend
 from filespool.testing.faults import STALLABLE, count_steps, stall_round
+from test_store import WideMemory
 
 
 async def closing(store: AsyncFileStore, work: Awaitable[None]) -> None:
@@ -191,3 +192,24 @@ def test_an_async_worker_paused_at_any_step_loses_nothing(
     assert steps > 0
     for step in range(steps):
         stall_round(spool, others, operation, step, on_a_loop=True)
+
+
+def test_a_failed_claim_ends_an_async_batch_and_gives_back_the_others() -> None:
+    """As on the sync face: no claimer starts another claim, every claim made (the first
+    too) goes back to new/ with no attempt counted, then the error is raised."""
+    backend = WideMemory(f"wide-{uuid.uuid4().hex}")
+    store = FileStore(backend)
+    store.prepare()
+    store.deliver(b"first", "0a")
+    store.deliver(b"broken", "0broken")
+    store.deliver_many([b"c"] * 30)
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="the storage failed"):
+            await AsyncFileStore(store).claim_many(32)
+
+    asyncio.run(main())
+    assert backend.claims_tried <= 1 + 2 * 8
+    assert store.names("cur") == []
+    assert all(store.record(name).attempts == 0 for name in store.names("new"))
+    assert len(store.names("new")) == 32

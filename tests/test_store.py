@@ -5,6 +5,7 @@ backends, whose storage fsspec can look at directly; every backend's contract is
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -274,3 +275,73 @@ def test_an_error_in_a_bulk_read_comes_after_every_other_read() -> None:
     with pytest.raises(OSError, match="the storage failed"):
         store.read_many(claims)
     assert backend.reads == 4
+
+
+class WideMemory(MemoryBackend):
+    """A memory backend that asks for 8 requests in flight, so that batches take their
+    concurrent path (tasks on a loop, each call in a worker thread); it counts its
+    listings of new/, and fails to claim the message `broken`."""
+
+    concurrency = 8
+    listings = 0
+    claims_tried = 0
+
+    def iter_names(self, folder: str) -> Iterator[str]:
+        if folder == "new":
+            self.listings += 1
+        return super().iter_names(folder)
+
+    def move(self, source: str, name: str, destination: str, new_name: str | None = None) -> None:
+        if source == "new" and destination == "cur":
+            self.claims_tried += 1
+            if split_file_name(name)[0] == "0broken":
+                raise OSError("the storage failed")
+        super().move(source, name, destination, new_name)
+
+
+def test_a_batch_that_empties_the_queue_lists_it_a_few_times_not_once_per_claimer() -> None:
+    """Of the 8 claimers of `claim_many`, those that find the queue empty learn it from one
+    listing begun since they began, not from a listing each (each a LIST on S3)."""
+    backend = WideMemory(f"wide-{uuid.uuid4().hex}")
+    store = FileStore(backend)
+    store.prepare()
+    store.deliver_many([b"a", b"b", b"c"])
+    assert len(store.claim_many(64)) == 3
+    # The first claim's listing, one by a claimer that found the backlog empty, and at
+    # most one more, by a claimer that began its claim after that listing began.
+    assert backend.listings <= 3
+    assert store.claim_many(64) == []
+
+
+def test_a_failed_claim_ends_its_batch_and_gives_back_the_others() -> None:
+    """When one claim of `claim_many` fails, no claimer starts another, the claims made
+    are given back (no attempt counted), and the error is raised once all have stopped."""
+    backend = WideMemory(f"wide-{uuid.uuid4().hex}")
+    store = FileStore(backend)
+    store.prepare()
+    store.deliver(b"first", "0a")  # claimed alone, before the batch's claimers start
+    store.deliver(b"broken", "0broken")  # the batch's first name
+    store.deliver_many([b"c"] * 60)
+    with pytest.raises(OSError, match="the storage failed"):
+        store.claim_many(62)
+    assert backend.claims_tried <= 1 + 2 * 8  # the first, and at most two turns of each claimer
+    assert store.names("cur") == []
+    assert len(store.names("new")) == 62
+    assert all(store.record(name).attempts == 0 for name in store.names("new"))
+
+
+def test_a_batch_called_where_an_event_loop_runs_runs_beside_it() -> None:
+    """A sync batch called from a thread that runs an event loop (a notebook's cell) runs
+    on a loop of its own in another thread, rather than failing to start one here."""
+    store = FileStore(WideMemory(f"wide-{uuid.uuid4().hex}"))
+    store.prepare()
+    store.deliver_many([b"a", b"b", b"c"])
+
+    async def in_a_notebook() -> list[bytes]:
+        claims = store.claim_many(3)
+        contents = [data for _, data in store.read_many(claims)]
+        assert store.ack_many(claims) == []
+        return contents
+
+    assert sorted(asyncio.run(in_a_notebook())) == [b"a", b"b", b"c"]
+    assert store.names("cur") == []

@@ -1,8 +1,8 @@
 """A claim's operations awaited, and batches of them as tasks on one event loop.
 
-Shared by `filespool.aio` (on the caller's loop) and by `FileStore`'s batches on a
-backend whose sync methods make their requests on a loop of its own (`Backend.loop`):
-there a batch is tasks on that loop, not a thread per request in flight.
+Shared by `filespool.aio` (on the caller's loop) and by `FileStore`'s batches: on the
+backend's own loop where its sync methods make their requests on one (`Backend.loop`,
+S3's), else on a loop of the batch's own whose storage calls run in worker threads.
 """
 
 from __future__ import annotations
@@ -45,22 +45,42 @@ async def release(claim: Claim, reason: str | None = None, *, attempt: bool = Tr
 
 
 async def claim_many(
-    backend: Backend, claim_steps: Callable[[], Steps[Claim | None]], count: int, window: int
+    backend: Backend,
+    claim_steps: Callable[[], Steps[Claim | None]],
+    first: Claim,
+    count: int,
+    window: int,
 ) -> builtins.list[Claim]:
-    """Up to `count` claims (each made by `claim_steps()`), `window` under way at once."""
+    """`first` and up to `count` more claims (each made by `claim_steps()`), `window`
+    under way at once.
+
+    The first claim that finds nothing, or fails, ends the batch: no task starts another.
+    On a failure the claims made, `first` too, are given back (no attempt counted; one
+    that cannot be is recovered once its lease expires), and the first error is raised
+    once every task has stopped.
+    """
     wanted = iter(range(count))  # each task takes a turn; the loop is one thread
+    claims = [first]
+    window = max(1, window)
 
-    async def claim_in_turn() -> builtins.list[Claim]:
-        taken: builtins.list[Claim] = []
-        while (
-            next(wanted, None) is not None
-            and (claim := await run_async(backend, claim_steps())) is not None
-        ):
-            taken.append(claim)
-        return taken
+    async def claim_in_turn() -> None:
+        try:
+            for _ in wanted:
+                claim = await run_async(backend, claim_steps())
+                if claim is None:
+                    return
+                claims.append(claim)
+        finally:
+            for _ in wanted:  # nothing left, a failure, or cancelled: no more turns
+                pass
 
-    batches = await asyncio.gather(*(claim_in_turn() for _ in range(max(1, window))))
-    return [claim for batch in batches for claim in batch]
+    tasks = (claim_in_turn() for _ in range(window))
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:
+        await each(claims, lambda claim: release(claim, attempt=False), window)
+        raise errors[0]
+    return claims
 
 
 async def each(

@@ -156,10 +156,10 @@ class AsyncFileStore:
         if first is None:
             return []
         window = min(self.store.backend.concurrency, count - 1)
-        more = await awaited.claim_many(
-            self.store.backend, self.store.claim_steps, count - 1, window
+        claims = await awaited.claim_many(
+            self.store.backend, self.store.claim_steps, first.claim, count - 1, window
         )
-        return [first, *map(AsyncClaim, more)]
+        return [AsyncClaim(claim) for claim in claims]
 
     async def ack_many(self, claims: Iterable[AsyncClaim]) -> builtins.list[AsyncClaim]:
         """Ack each claim (see `FileStore.ack_many`); return those whose lease was lost."""

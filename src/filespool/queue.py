@@ -207,6 +207,8 @@ class Queue:
         self._listing_cost = 0.0
         self._lost_time = 0.0
         self._scatter = False  # start the next batch at a random place (others are near)
+        # When the last whole listing that had no name to try began (see `_refill`).
+        self._listed_empty = float("-inf")
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -243,6 +245,7 @@ class Queue:
     def claim_steps(self, stuck: set[str] | None = None) -> Steps[Claim | None]:
         """`claim`, as steps; `stuck` names are not tried again (see `_lost_race`)."""
         stuck = set() if stuck is None else stuck
+        began = time.monotonic()
         while True:
             while True:
                 try:
@@ -256,7 +259,7 @@ class Queue:
                     self._lost_race(name, error, time.monotonic() - started, stuck)
                     continue
                 return Claim(_message_of(name), name, self)
-            if not (yield from self._refill(stuck)):
+            if not (yield from self._refill(stuck, began)):
                 return None
 
     def _lost_race(self, name: str, error: Exception, seconds: float, stuck: set[str]) -> None:
@@ -281,20 +284,28 @@ class Queue:
         self._backlog.clear()
         self._listing = None
 
-    def _refill(self, stuck: set[str]) -> Steps[bool]:
-        """Put the next batch of names from new/ in the backlog; False if a whole fresh
-        listing had none to try."""
+    def _refill(self, stuck: set[str], since: float) -> Steps[bool]:
+        """Put the next batch of names from new/ in the backlog; False if a whole listing
+        begun since `since` (when the claim began) had none to try."""
         if not self._listing_lock.acquire(blocking=False):
             yield step.Acquire(self._listing_lock)  # another thread or task lists: wait
         try:
-            fresh = False
+            if self._backlog:
+                return True  # another claimer listed meanwhile
+            listed_from: float | None = None  # when the listing this call began, began
             while True:
                 started = time.monotonic()
                 if self._listing is None:
-                    if fresh:
+                    if listed_from is not None:
+                        self._listed_empty = listed_from
                         return False
+                    if self._listed_empty >= since:
+                        # Another claimer's listing, begun after this claim began, had
+                        # none: so many claimers of a batch on an emptying queue list
+                        # it once, not once each.
+                        return False
+                    listed_from = started
                     self._listing = yield step.iter_names("new")
-                    fresh = True
                 page = yield step.NextNames(self._listing, _BATCH)
                 if len(page) < _BATCH:
                     self._listing = None  # read to the end: the next batch starts a new listing

@@ -249,34 +249,23 @@ class FileStore:
         """Claim up to `count` files; fewer (or none) if fewer are waiting.
 
         With `wait`, waits for the first as `claim` does. Where requests wait on a network
-        (`Backend.concurrency` above 1, as on S3), that many claims run at once.
+        (`Backend.concurrency` above 1, as on S3), that many claims run at once; a claim
+        that fails ends the batch, and the claims made are given back (no attempt
+        counted) before its error is raised.
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
         first = self.claim(wait)
         if first is None:
             return []
-        claims = [first]
         window = min(self.backend.concurrency, count - 1)
         if window <= 1:
+            claims = [first]
             while len(claims) < count and (claim := self._queue.claim()) is not None:
                 claims.append(claim)
             return claims
-        if (loop := self.backend.loop) is not None:
-            more = awaited.claim_many(self.backend, self.claim_steps, count - 1, window)
-            return claims + _run_on(loop, more)
-        wanted = iter(range(count - 1))  # next() under the GIL: each claimer takes a turn
-
-        def claim_in_turn() -> builtins.list[Claim]:
-            taken: builtins.list[Claim] = []
-            while next(wanted, None) is not None and (claim := self._queue.claim()) is not None:
-                taken.append(claim)
-            return taken
-
-        with ThreadPoolExecutor(max_workers=window) as pool:
-            for taken in pool.map(lambda _: claim_in_turn(), range(window)):
-                claims.extend(taken)
-        return claims
+        batch = awaited.claim_many(self.backend, self.claim_steps, first, count - 1, window)
+        return self._batch(batch, window)
 
     def ack_many(self, claims: Iterable[Claim]) -> builtins.list[Claim]:
         """Ack each claim (`Backend.concurrency` at a time); return the claims whose lease
@@ -324,10 +313,14 @@ class FileStore:
         window = min(self.backend.concurrency, len(batch))
         if window <= 1:
             return builtins.list(map(apply, batch))
+        return self._batch(awaited.each(batch, awaited_step, window), window)
+
+    def _batch(self, work: Coroutine[Any, Any, T], window: int) -> T:
+        """Run a batch's coroutine for this thread: on the backend's own loop if it has one,
+        else on a loop of its own whose storage calls run in `window` threads."""
         if (loop := self.backend.loop) is not None:
-            return _run_on(loop, awaited.each(batch, awaited_step, window))
-        with ThreadPoolExecutor(max_workers=window) as pool:
-            return builtins.list(pool.map(apply, batch))
+            return _run_on(loop, work)
+        return _run_in_threads(work, window)
 
     def deliver_many(self, messages: Iterable[bytes | str]) -> builtins.list[str]:
         """Publish each message into `new/` under a new unique name; return the names, in
@@ -610,6 +603,24 @@ def _run_on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
     except BaseException:
         future.cancel()
         raise
+
+
+def _run_in_threads(work: Coroutine[Any, Any, T], window: int) -> T:
+    """Run `work` on a new event loop whose worker threads (where `Backend.call_async`
+    runs a blocking method) number `window`; in a thread of its own if this one runs a
+    loop already (a notebook's)."""
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_default_executor(pool)
+        return await work
+
+    with ThreadPoolExecutor(max_workers=window) as pool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: the usual case
+            return asyncio.run(main())
+        with ThreadPoolExecutor(max_workers=1) as runner:
+            return runner.submit(asyncio.run, main()).result()
 
 
 def poll_pauses(wait: float) -> Iterator[float]:

@@ -74,9 +74,9 @@ class Backend(ABC):
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the sync methods make their requests on, if they use one (S3:
-        s3fs's IO loop). `FileStore` runs its batches there, as tasks through `call_async`,
-        rather than in a thread per request in flight. None (the default): the sync
-        methods block their thread, and a batch runs in threads."""
+        s3fs's IO loop). `FileStore` runs its batches there, as tasks through `call_async`.
+        None (the default): the sync methods block their thread, and a batch runs on a
+        loop of its own, each storage call in one of `concurrency` worker threads."""
         return None
 
     @property
