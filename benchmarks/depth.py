@@ -10,16 +10,22 @@ on), the throughput after the first claim (steady state), the time one
 ``names('new')`` listing takes at that depth, and the peak of the Python memory
 allocated while a fresh consumer makes its claims (traced with tracemalloc in one
 more, untimed pass): a claimer holds one page of names, whatever the depth.
+Beside them, the floor: the same claims as bare system calls (names from one page of a
+listing, not timed), which shows what the filesystem itself makes of the depth.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import tracemalloc
 from typing import Any
 
 from common import Samples, payloads, quiet_gc, remove_tree, table
+from contenders import rename_noreplace
+
+PAGE = 4096  # names a claimer reads from a listing at a time, as filespool does
 
 
 def _fill(new: str, count: int, start: int, messages: list[bytes]) -> int:
@@ -50,6 +56,24 @@ def _measure(directory: str, claims: int) -> tuple[float, float, float, list[str
             claimed = store.claim()
         end = time.perf_counter()
     return start, first, end, found
+
+
+def _measure_floor(directory: str, claims: int) -> float:
+    """The floor's claims per second at this depth: the system calls of a claim, read and
+    ack (`renameat2(RENAME_NOREPLACE)` to cur/, open, read, close, unlink) of names taken
+    from one page of a listing, which is not timed."""
+    new, cur = os.fsencode(directory) + b"/new/", os.fsencode(directory) + b"/cur/"
+    with os.scandir(new) as listing:
+        names = sorted(entry.name for entry in itertools.islice(listing, PAGE))[:claims]
+    with quiet_gc():
+        start = time.perf_counter()
+        for name in names:
+            rename_noreplace(new + name, cur + name)
+            descriptor = os.open(cur + name, os.O_RDONLY | os.O_CLOEXEC)
+            os.read(descriptor, 65536)
+            os.close(descriptor)
+            os.unlink(cur + name)
+        return len(names) / (time.perf_counter() - start)
 
 
 def run(config: Any, log: Any) -> dict[str, Any]:
@@ -90,6 +114,8 @@ def run(config: Any, log: Any) -> dict[str, Any]:
                         f"(first claim {first - start:.3f} s)"
                     )
                     serial = _fill(new, claims, serial, messages)  # back to depth D
+                    samples.add("floor", _measure_floor(directory, claims))
+                    serial = _fill(new, claims, serial, messages)
                 tracemalloc.start()
                 _measure(directory, claims)
                 peak = tracemalloc.get_traced_memory()[1]
@@ -106,6 +132,7 @@ def run(config: Any, log: Any) -> dict[str, Any]:
                     "repeat": config.repeat,
                     "claim_per_s": samples.median("claim"),
                     "steady_claim_per_s": samples.median("steady"),
+                    "floor_claim_per_s": samples.median("floor"),
                     "first_claim_s": samples.median("first_claim_s"),
                     "listing_s": samples.median("listing_s"),
                     "claim_peak_mib": peak / 2**20,
@@ -118,6 +145,7 @@ def run(config: Any, log: Any) -> dict[str, Any]:
         ]
         row["vs_shallowest"] = row["claim_per_s"] / shallow[0]["claim_per_s"]
         row["steady_vs_shallowest"] = row["steady_claim_per_s"] / shallow[0]["steady_claim_per_s"]
+        row["floor_vs_shallowest"] = row["floor_claim_per_s"] / shallow[0]["floor_claim_per_s"]
     return {"rows": rows}
 
 
@@ -131,6 +159,8 @@ def summarize(result: dict[str, Any]) -> list[str]:
             ("vs shallow", ">10.0%", lambda row: row["vs_shallowest"]),
             ("steady/s", ">9.0f", lambda row: row["steady_claim_per_s"]),
             ("vs shallow", ">10.0%", lambda row: row["steady_vs_shallowest"]),
+            ("floor/s", ">8.0f", lambda row: row["floor_claim_per_s"]),
+            ("vs shallow", ">10.0%", lambda row: row["floor_vs_shallowest"]),
             ("1st claim s", ">11.3f", lambda row: row["first_claim_s"]),
             ("listing s", ">9.3f", lambda row: row["listing_s"]),
             ("peak MiB", ">8.2f", lambda row: row["claim_peak_mib"]),

@@ -249,7 +249,8 @@ def depth_targets(results: dict[str, Any]) -> list[Check]:
                     f"of shallowest ({row['place']})"
                 ),
                 "figure": f"{row['vs_shallowest']:.0%} (steady state after first listing: "
-                f"{row['steady_vs_shallowest']:.0%})",
+                f"{row['steady_vs_shallowest']:.0%}; the floor's system calls at this depth: "
+                f"{row['floor_vs_shallowest']:.0%} of theirs at the shallowest)",
                 "met": row["vs_shallowest"] >= DEPTH_TARGET,
             }
         )
