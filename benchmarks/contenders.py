@@ -34,6 +34,21 @@ def rename_noreplace(source: bytes, target: bytes) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def claim_each(
+    new: bytes, cur: bytes, names: Sequence[bytes], rename: Any = rename_noreplace
+) -> list[bytes]:
+    """The floor's claims: move each name from `new` to `cur` (both ending in a slash),
+    read it and unlink it; the contents read."""
+    found = []
+    for name in names:
+        rename(new + name, cur + name)
+        descriptor = os.open(cur + name, os.O_RDONLY | os.O_CLOEXEC)
+        found.append(os.read(descriptor, 65536))
+        os.close(descriptor)
+        os.unlink(cur + name)
+    return found
+
+
 class Contender:
     name: ClassVar[str]
     modes: ClassVar[tuple[str, ...]]
@@ -96,15 +111,7 @@ class Floor(Contender):
     def claim_all(self) -> list[bytes]:
         new = self.root + b"/new/"
         cur = self.root + b"/cur/"
-        found = []
-        rename = self.claim_rename
-        for name in os.listdir(new):
-            rename(new + name, cur + name)
-            descriptor = os.open(cur + name, os.O_RDONLY | os.O_CLOEXEC)
-            found.append(os.read(descriptor, 65536))
-            os.close(descriptor)
-            os.unlink(cur + name)
-        return found
+        return claim_each(new, cur, os.listdir(new), self.claim_rename)
 
 
 class FloorDirectorySync(Floor):

@@ -23,7 +23,7 @@ import tracemalloc
 from typing import Any
 
 from common import Samples, payloads, quiet_gc, remove_tree, table
-from contenders import rename_noreplace
+from contenders import claim_each
 
 PAGE = 4096  # names a claimer reads from a listing at a time, as filespool does
 
@@ -67,12 +67,7 @@ def _measure_floor(directory: str, claims: int) -> float:
         names = sorted(entry.name for entry in itertools.islice(listing, PAGE))[:claims]
     with quiet_gc():
         start = time.perf_counter()
-        for name in names:
-            rename_noreplace(new + name, cur + name)
-            descriptor = os.open(cur + name, os.O_RDONLY | os.O_CLOEXEC)
-            os.read(descriptor, 65536)
-            os.close(descriptor)
-            os.unlink(cur + name)
+        claim_each(new, cur, names)
         return len(names) / (time.perf_counter() - start)
 
 

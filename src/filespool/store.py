@@ -587,11 +587,7 @@ def read_claims(
 def _run_on(loop: asyncio.AbstractEventLoop, work: Coroutine[Any, Any, T]) -> T:
     """Run `work` on `loop`, another thread's, and wait for its result; cancel it if this
     wait is interrupted."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:  # no loop runs in this thread: the usual case
-        running = None
-    if running is loop:  # waiting here would stop the loop the work needs
+    if _running_loop() is loop:  # waiting here would stop the loop the work needs
         work.close()
         raise RuntimeError(
             "FileStore's batches cannot run on its backend's own event loop; "
@@ -615,12 +611,18 @@ def _run_in_threads(work: Coroutine[Any, Any, T], window: int) -> T:
         return await work
 
     with ThreadPoolExecutor(max_workers=window) as pool:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop runs in this thread: the usual case
+        if _running_loop() is None:  # the usual case
             return asyncio.run(main())
         with ThreadPoolExecutor(max_workers=1) as runner:
             return runner.submit(asyncio.run, main()).result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def poll_pauses(wait: float) -> Iterator[float]:
