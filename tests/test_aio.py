@@ -14,7 +14,14 @@ import pytest
 from filespool import FileStore, LeaseLost
 from filespool.aio import AsyncClaim, AsyncFileStore
 from filespool.backends.memory import MemoryBackend
-from filespool.testing.faults import STALLABLE, count_steps, stall_round
+from filespool.testing.faults import (
+    BATCHES,
+    STALLABLE,
+    batch_stall_round,
+    count_batch_steps,
+    count_steps,
+    stall_round,
+)
 from test_store import WideMemory
 
 
@@ -31,6 +38,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncFileStore:
     if request.param == "local":
         return AsyncFileStore(tmp_path / "spool")
     return AsyncFileStore(f"memory://aio-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def atomic_moves() -> bool:
+    """Whether the store's moves are atomic (one rename, or one step under a lock)."""
+    return True
 
 
 def test_deliver_claim_ack(store: AsyncFileStore) -> None:
@@ -192,6 +205,22 @@ def test_an_async_worker_paused_at_any_step_loses_nothing(
     assert steps > 0
     for step in range(steps):
         stall_round(spool, others, operation, step, on_a_loop=True)
+
+
+@pytest.mark.parametrize("operation", BATCHES)
+def test_an_async_batch_paused_at_any_step_loses_nothing(
+    store: AsyncFileStore, atomic_moves: bool, operation: str
+) -> None:
+    """The batches' stall matrix through the asyncio driver: a batch of `AsyncFileStore`
+    paused on its loop before each of its storage calls in turn, between two of its
+    claims too, while another worker recovers and claims every message."""
+    spool = store.store
+    spool.prepare()
+    others = FileStore(spool.backend, max_attempts=spool.max_attempts)
+    steps = count_batch_steps(spool, operation, on_a_loop=True)
+    assert steps > 0
+    for step in range(steps):
+        batch_stall_round(spool, others, operation, step, atomic_moves=atomic_moves, on_a_loop=True)
 
 
 def test_a_failed_claim_ends_an_async_batch_and_gives_back_the_others() -> None:

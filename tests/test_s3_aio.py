@@ -17,6 +17,7 @@ from s3_servers import new_bucket, store_on
 from test_aio import (  # the backend-independent tests, run here on S3
     test_a_claim_as_async_context_acks_or_releases,
     test_a_late_async_worker_gets_lease_lost,
+    test_an_async_batch_paused_at_any_step_loses_nothing,
     test_an_async_worker_paused_at_any_step_loses_nothing,
     test_deliver_claim_ack,
 )
@@ -24,6 +25,7 @@ from test_aio import (  # the backend-independent tests, run here on S3
 __all__ = [
     "test_a_claim_as_async_context_acks_or_releases",
     "test_a_late_async_worker_gets_lease_lost",
+    "test_an_async_batch_paused_at_any_step_loses_nothing",
     "test_an_async_worker_paused_at_any_step_loses_nothing",
     "test_deliver_claim_ack",
 ]
@@ -33,6 +35,12 @@ __all__ = [
 def store(endpoint: str) -> AsyncFileStore:
     """A store on a fresh bucket of moto's server."""
     return AsyncFileStore(store_on(endpoint, new_bucket(endpoint)))
+
+
+@pytest.fixture
+def atomic_moves() -> bool:
+    """S3 moves copy, then delete."""
+    return False
 
 
 def test_s3_requests_are_made_on_the_callers_loop(

@@ -32,6 +32,7 @@ from filespool.errors import (
 from filespool.names import split_file_name
 from filespool.queue import Claim, Record
 from filespool.store import FOLDERS
+from filespool.testing.faults import BATCHES, batch_stall_round, count_batch_steps
 
 BAD_NAMES: list[Any] = [
     "",
@@ -328,6 +329,21 @@ def test_a_failed_claim_ends_its_batch_and_gives_back_the_others() -> None:
     assert store.names("cur") == []
     assert len(store.names("new")) == 62
     assert all(store.record(name).attempts == 0 for name in store.names("new"))
+
+
+@pytest.mark.parametrize("operation", BATCHES)
+def test_a_concurrent_batch_stalled_at_any_step_loses_nothing(operation: str) -> None:
+    """The batches' stall matrix where a batch's calls are in flight together (three
+    messages: after the first claim, two claims at once): the k-th call, whichever
+    claim's it is, pauses while the batch's other calls go on, and another worker
+    recovers and claims every message meanwhile."""
+    store = FileStore(WideMemory(f"wide-{uuid.uuid4().hex}"))
+    store.prepare()
+    others = FileStore(store.backend)
+    steps = count_batch_steps(store, operation, size=3)
+    assert steps > 0
+    for step in range(steps):
+        batch_stall_round(store, others, operation, step, atomic_moves=True, size=3)
 
 
 def test_a_batch_called_where_an_event_loop_runs_runs_beside_it() -> None:

@@ -19,7 +19,7 @@ A backend's whole test file can be:
 The fixture gives a backend on a fresh location whose root does not exist yet.
 `SpoolContract` is `BackendContract` (each `Backend` method, called directly) and
 `QueueContract` (the protocol over the backend: files, claims, fencing, races, a worker
-stalled at any step) together; a test class may use either alone. Tests of a capability
+or a batch stalled at any step) together; a test class may use either alone. Tests of a capability
 the storage does not declare (`ContractBase.atomic_moves`,
 `ContractBase.shared_by_processes`, `ContractBase.interrupt_move`) are skipped.
 `AsyncFace` runs the contract through a backend's asyncio face (`Backend.call_async`).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from filespool.testing.asyncface import AsyncFace
 from filespool.testing.backend import BackendContract
-from filespool.testing.faults import STALLABLE, StallingBackend
+from filespool.testing.faults import BATCHES, STALLABLE, StallingBackend
 from filespool.testing.fixtures import ContractBase
 from filespool.testing.harness import claim_in_processes, drain, race
 from filespool.testing.queue import QueueContract, QueueMachine
@@ -42,6 +42,7 @@ class SpoolContract(BackendContract, QueueContract):
 
 
 __all__ = [
+    "BATCHES",
     "STALLABLE",
     "AsyncFace",
     "BackendContract",

@@ -27,7 +27,14 @@ from filespool.errors import LeaseLost, NotFound
 from filespool.names import split_file_name
 from filespool.queue import Claim, Record, Recovery
 from filespool.store import FOLDERS, FileStore
-from filespool.testing.faults import STALLABLE, count_steps, stall_round
+from filespool.testing.faults import (
+    BATCHES,
+    STALLABLE,
+    batch_stall_round,
+    count_batch_steps,
+    count_steps,
+    stall_round,
+)
 from filespool.testing.harness import claim_in_processes, race, wait_for_storage_time_after
 from filespool.testing.store import StoreContract
 
@@ -495,6 +502,21 @@ class QueueContract(StoreContract):
         assert steps > 0
         for step in range(steps):
             stall_round(prepared, self.again(prepared), operation, step)
+
+    @pytest.mark.parametrize("operation", BATCHES)
+    def test_a_batch_stalled_at_any_step_loses_nothing(
+        self, prepared: FileStore, operation: str
+    ) -> None:
+        """Pause a batch of two before each of its backend calls in turn, between two of
+        its claims too; meanwhile the leases run out, others recover and claim every
+        message. No message may be acked twice or lost, and no claim that the others hold
+        may be touched."""
+        steps = count_batch_steps(prepared, operation)
+        assert steps > 0
+        for step in range(steps):
+            batch_stall_round(
+                prepared, self.again(prepared), operation, step, atomic_moves=self.atomic_moves
+            )
 
     @staticmethod
     def _let_the_mark_expire(store: FileStore, name: str, window: float) -> None:
