@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
 from filespool.backends.base import Backend, next_names
@@ -13,6 +15,24 @@ from filespool.testing.relay import Relay
 
 _PAGE = 100
 T = TypeVar("T")
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """A face's thread: run its loop until stopped, then close it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _end(inner: Backend, loop: asyncio.AbstractEventLoop) -> Future[None]:
+    """Have `loop` close what `inner` opened for it, then stop. Never waits: run when a
+    face is collected, this thread may hold a lock that the closing needs."""
+    closing = asyncio.run_coroutine_threadsafe(inner.aclose(), loop)
+    # Stopped once the result is set: a stop made by the coroutine itself would end the
+    # loop before the result reached `closing`.
+    closing.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
+    return closing
 
 
 class AsyncFace(Relay):
@@ -31,8 +51,11 @@ class AsyncFace(Relay):
 
     def _start(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._loop,), daemon=True)
         self._thread.start()
+        # Copies (a worker's, unpickled) are not closed by whoever made them: close each
+        # when it is collected, or its thread and the inner backend's connections stay.
+        self._end = weakref.finalize(self, _end, self.inner, self._loop)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"inner": self.inner, "concurrency": self.concurrency}
@@ -42,11 +65,12 @@ class AsyncFace(Relay):
         self._start()
 
     def close(self) -> None:
-        """Close what the inner backend opened for this loop, and end the loop."""
-        self.run_on_loop(self.inner.aclose())
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Close what the inner backend opened for this loop, and end the loop (done when
+        the face is collected, too)."""
+        closing = self._end()
+        if closing is not None:  # else closed already
+            closing.result()
         self._thread.join()
-        self._loop.close()
 
     def run_on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on this face's loop, and wait for its result."""
