@@ -165,15 +165,18 @@ def test_work_reports_a_job_whose_lease_was_lost(spool: str, tmp_path: Path) -> 
     lease): the job is reported as lost, not acked, and the file is run again."""
     store = FileStore(spool)
     name = store.deliver("wait")
-    go = tmp_path / "go"
+    go, log = tmp_path / "go", tmp_path / "runs.log"
     worker = subprocess.Popen(
         work(spool, "--once", "--json", "--lease", "10m"),
-        env=dict(os.environ, LOG=str(tmp_path / "runs.log"), GO=str(go)),
+        env=dict(os.environ, LOG=str(log), GO=str(go)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
-    while store.names("cur") == []:  # the command is running
+    # The command has started once it logs (a file merely claimed, not yet started, would
+    # be lost at once, and `--once` could find nothing waiting while the recovery below
+    # has the file between cur/ and new/, and end).
+    while not log.exists() or not log.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert store.recover(older_than=0).returned == [name]
