@@ -509,8 +509,8 @@ class QueueContract(StoreContract):
     ) -> None:
         """Pause a batch of two before each of its backend calls in turn, between two of
         its claims too; meanwhile the leases run out, others recover and claim every
-        message. No message may be acked twice or lost, and no claim that the others hold
-        may be touched."""
+        message. No message may be lost, no claim that the others hold may be touched,
+        and with `atomic_moves` no message may be acked twice."""
         steps = count_batch_steps(prepared, operation)
         assert steps > 0
         for step in range(steps):
