@@ -20,7 +20,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 BENCH_PEERS = ["gocept.filestore==1.0", "dirq==1.8", "persist-queue==1.1.0", "matplotlib>=3.8"]
-BENCH_S3 = ["moto[server]>=5.1"]  # the s3 section's in-process server
+BENCH_S3 = ["moto[s3]>=5.1", "flask!=2.2.0,!=2.2.1", "flask-cors"]  # s3: moto's server, S3 only
 # LocalStack without Docker: its own Python 3.13 environment, built once per machine and
 # reused by every checkout (a fresh clone need not rebuild it); rebuilt when LOCALSTACK changes.
 LOCALSTACK = ["localstack-core[runtime]==2026.3.0", "cbor2<5.7", "service_identity", "pyopenssl<26"]

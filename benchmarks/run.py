@@ -107,16 +107,16 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser.add_argument("--depths", help="comma-separated depths of new/ (default 1000,100000)")
     parser.add_argument("--consumers", help="comma-separated consumer counts (default 1,2,4,8)")
     parser.add_argument(
-        "--s3-messages", type=int, help="S3 requests per message: N (default 1,000; quick 50)"
+        "--s3-messages", type=int, help="S3 requests per message: N (default 1,000; quick 20)"
     )
     parser.add_argument(
-        "--s3-drain-messages", type=int, help="S3 concurrent claimers: M (default 150; quick 40)"
+        "--s3-drain-messages", type=int, help="S3 concurrent claimers: M (default 150; quick 32)"
     )
     parser.add_argument("--s3-claimers", help="comma-separated S3 claimer counts (default 1,4,16)")
     parser.add_argument(
         "--s3-latency-drain",
         type=int,
-        help="s3latency: messages drained by claimer processes (default 2,000; quick 160)",
+        help="s3latency: messages drained by claimer processes (default 2,000; quick 96)",
     )
     parser.add_argument(
         "--localstack-python",
@@ -140,7 +140,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run (small N, 1 repetition; the s3 section ~1.5 min)",
+        help="a smoke run (small N, 1 repetition; the s3 sections ~1.5 min)",
     )
     args = parser.parse_args(argv)
     config = Config()
@@ -153,11 +153,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
             depths=(1_000, 5_000),
             depth_claims=300,
             consumers=(1, 2, 4),
-            s3_messages=50,
-            s3_drain_messages=40,
-            s3_latency_messages=64,
-            s3_latency_drain=160,
-            s3_latency_single=16,
+            s3_messages=20,
+            s3_drain_messages=32,
+            s3_latency_messages=32,
+            s3_latency_drain=96,
+            s3_latency_single=8,
         )
     for option in [
         "messages",

@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 
 from filespool.aio import AsyncFileStore
+from filespool.testing import BATCHES
 from s3_servers import new_bucket, store_on
 from test_aio import (  # the backend-independent tests, run here on S3
     test_a_claim_as_async_context_acks_or_releases,
     test_a_late_async_worker_gets_lease_lost,
-    test_an_async_batch_paused_at_any_step_loses_nothing,
     test_an_async_worker_paused_at_any_step_loses_nothing,
     test_deliver_claim_ack,
 )
+from test_aio import test_an_async_batch_paused_at_any_step_loses_nothing as batch_matrix
 
 __all__ = [
     "test_a_claim_as_async_context_acks_or_releases",
     "test_a_late_async_worker_gets_lease_lost",
-    "test_an_async_batch_paused_at_any_step_loses_nothing",
     "test_an_async_worker_paused_at_any_step_loses_nothing",
     "test_deliver_claim_ack",
 ]
@@ -41,6 +41,15 @@ def store(endpoint: str) -> AsyncFileStore:
 def atomic_moves() -> bool:
     """S3 moves copy, then delete."""
     return False
+
+
+@pytest.mark.slow  # ~12 s of moto's requests; its asyncio driver runs on every Python in test_aio
+@pytest.mark.parametrize("operation", BATCHES)
+def test_an_async_batch_paused_at_any_step_loses_nothing(
+    store: AsyncFileStore, atomic_moves: bool, operation: str
+) -> None:
+    """test_aio's stall matrix of batches, on S3's native face."""
+    batch_matrix(store, atomic_moves, operation)
 
 
 def test_s3_requests_are_made_on_the_callers_loop(

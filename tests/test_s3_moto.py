@@ -46,8 +46,10 @@ from s3_servers import (
 @pytest.mark.slow
 class TestS3Moto(S3Contract):
     # moto answers one request at a time (see s3_launch.moto_server) from this process:
-    # 5 rounds of each 8-thread race keep the class near a minute and a half.
+    # 5 rounds of each 8-thread race and 10 runs of the state machine (25 took 36 s of
+    # the class's 3 minutes) keep the class near two and a half minutes.
     race_rounds = 5
+    state_machine_examples = 10
 
 
 @pytest.mark.slow

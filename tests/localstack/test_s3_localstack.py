@@ -56,8 +56,10 @@ _REFUSED_COPY_WRITES = "LocalStack: a refused conditional copy writes its bytes 
 
 class TestS3LocalStack(S3Contract):
     # 5 rounds of each 8-thread race (10 passed too, at 1.5 minutes more for CI's longest
-    # lane); the races below the class use 8 processes and 2,000 messages instead.
+    # lane); the races below the class use 8 processes and 2,000 messages instead. 10 runs
+    # of the state machine, as on moto.
     race_rounds = 5
+    state_machine_examples = 10
 
     # LocalStack's known defect (docs/s3.md, "Servers"): a conditional CopyObject refused
     # with 412 has already written its bytes over the winner's. Racers that copy different

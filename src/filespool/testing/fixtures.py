@@ -29,6 +29,10 @@ class ContractBase:
     race_rounds: ClassVar[int] = 30
     """How many times each race is run; lower it for slow storage."""
 
+    state_machine_examples: ClassVar[int] = 25
+    """How many random runs of queue steps the state machine tries; lower it for slow
+    storage."""
+
     @pytest.fixture
     def backend(self) -> Backend:
         """Override: a backend on a fresh location whose root does not exist yet."""

@@ -343,7 +343,7 @@ class QueueContract(StoreContract):
         run_state_machine_as_test(
             OnThisStore,
             settings=settings(
-                max_examples=25,
+                max_examples=self.state_machine_examples,
                 stateful_step_count=25,
                 deadline=None,
                 suppress_health_check=[HealthCheck.differing_executors],
