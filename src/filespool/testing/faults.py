@@ -156,11 +156,7 @@ def stall_round(
         except LeaseLost as error:
             outcome.append(error)
 
-    backend.stall_before(step)
-    thread = threading.Thread(target=work)
-    thread.start()
-    while not backend.stalled.wait(0.01) and thread.is_alive():
-        pass
+    thread = _until_stalled(backend, step, work)
     later: Claim | None = None
     renewed = False
     if holder is not None:  # the stalled one is a recoverer: the worker renews meanwhile
@@ -209,6 +205,22 @@ def count_batch_steps(
     return steps
 
 
+def _until_stalled(
+    backend: StallingBackend, step: int, work: Callable[[], None]
+) -> threading.Thread:
+    """Start `work` in a thread and return it once it is paused before the backend's
+    `step`-th call, or has ended making fewer calls (a retry the count met was not
+    needed this time)."""
+    backend.stall_before(step)
+    thread = threading.Thread(target=work)
+    thread.start()
+    while not backend.stalled.wait(0.01) and thread.is_alive():
+        pass
+    paused = backend.stalled.is_set()
+    assert paused or backend.calls <= step, f"storage call {step} was made, but not paused"
+    return thread
+
+
 def batch_stall_round(
     store: FileStore,
     others: FileStore,
@@ -235,11 +247,7 @@ def batch_stall_round(
     contents = _deliver_batch(store, size)
     batch = (_start_batch_on_a_loop if on_a_loop else _start_batch)(twin, operation, contents)
     outcome: list[Settle] = []
-    backend.stall_before(step)
-    thread = threading.Thread(target=lambda: outcome.append(batch()))
-    thread.start()
-    while not backend.stalled.wait(0.01) and thread.is_alive():
-        pass
+    thread = _until_stalled(backend, step, lambda: outcome.append(batch()))
     others.recover(older_than=0)
     held = list(iter(others.claim, None))
     backend.resume()
