@@ -313,7 +313,7 @@ class S3Contract(SpoolContract):
     def interrupt_move(self, backend: Backend, source: str, name: str, destination: str) -> None:
         s3 = backend_of_backend(backend)
 
-        def die(key: str, etag: str) -> None:
+        async def die(key: str, etag: str) -> None:
             raise _MoverDied()
 
         s3._delete_moved_source = die  # type: ignore[method-assign]

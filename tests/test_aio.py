@@ -75,7 +75,7 @@ def test_a_claim_as_async_context_acks_or_releases(store: AsyncFileStore) -> Non
         assert (await store.record(second)).attempts == 1
         again = await store.claim()
         assert again == second
-        await again.fail("bad input")  # type: ignore[union-attr]
+        await again.fail("bad input")
         assert await store.requeue(second) in await store.names("new")
         claims = await store.claim_many(5)
         assert len(claims) == 1
@@ -154,7 +154,7 @@ def test_a_late_async_worker_gets_lease_lost(store: AsyncFileStore) -> None:
         assert data == b"x"
         with pytest.raises(LeaseLost):
             await late.ack()  # type: ignore[union-attr]
-        async with later:  # type: ignore[union-attr]
+        async with later:
             pass
         assert (await store.stats())["cur"].count == 0
 

@@ -249,7 +249,7 @@ def test_a_second_sigterm_aborts_and_gives_files_back(spool: str, tmp_path: Path
     assert len(store.names("new")) == 6  # the two aborted ones are back: nothing lost
     # An abort is no failed try: it must not push files towards dead-lettering.
     assert {store.record(name).attempts for name in store.names("new")} == {0}
-    assert "stopped 2" in worker.stderr.read().decode()  # type: ignore[union-attr]
+    assert "stopped 2" in worker.stderr.read().decode()
 
 
 def test_progress_on_a_terminal(spool: str, tmp_path: Path) -> None:

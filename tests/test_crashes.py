@@ -95,8 +95,8 @@ def test_ten_thousand_messages_with_consumers_killed_every_500(
     try:
         while store.names("new") or store.names("cur"):
             assert time.monotonic() < deadline, "the consumers did not drain the spool"
-            processed = sum(logged(logs, "P").values())
-            if processed >= next_kill:
+            done = sum(logged(logs, "P").values())
+            if done >= next_kill:
                 victim = random.randrange(len(workers))
                 kill(workers[victim])
                 workers[victim] = start("consume", spool, logs[victim])

@@ -421,7 +421,7 @@ def test_a_spool_renamed_away_is_left_within_a_second(
     os.rename(root, tmp_path / "old")
     FileStore(root).prepare()
     clock = time.monotonic() + 2
-    monkeypatch.setattr(local.time, "monotonic", lambda: clock)
+    monkeypatch.setattr(time, "monotonic", lambda: clock)
     name = store.deliver(b"after")
     assert os.listdir(root / "new") == [name]
 

@@ -278,12 +278,13 @@ def test_sync_batches_run_on_s3fs_io_loop_without_threads(
     """`FileStore`'s batches on S3 are tasks on s3fs's IO loop, `concurrency` requests in
     flight together, with no thread per request (at a window of 64, a thread each cost
     more than the requests' own work)."""
-    store = FileStore(backend_on(endpoint, bucket, claim_method="copy", concurrency=4))
+    backend = backend_on(endpoint, bucket, claim_method="copy", concurrency=4)
+    store = FileStore(backend)
     store.prepare()
     store.deliver_many([b"x"] * 9)
     claims = [] if batch == "claim_many" else store.claim_many(9)
     wait = UntilFourWait()
-    store.backend.client.meta.events.register(f"before-send.s3.{BATCH_REQUESTS[batch]}", wait)
+    backend.client.meta.events.register(f"before-send.s3.{BATCH_REQUESTS[batch]}", wait)
     with threads_started(monkeypatch) as started:
         if batch == "claim_many":
             assert len(store.claim_many(9)) == 9
@@ -308,8 +309,10 @@ def test_a_sync_batch_on_the_backends_own_loop_raises_rather_than_hangs(
     async def misuse() -> Any:
         return store.read_many(claims)
 
+    loop = store.backend.loop
+    assert loop is not None
     with pytest.raises(RuntimeError, match="AsyncFileStore"):
-        asyncio.run_coroutine_threadsafe(misuse(), store.backend.loop).result(10)
+        asyncio.run_coroutine_threadsafe(misuse(), loop).result(10)
     assert sorted(data for _, data in store.read_many(claims)) == [b"x", b"y"]
 
 
