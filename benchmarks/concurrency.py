@@ -28,9 +28,11 @@ def _counting_backend(root: str) -> Any:
     class CountingBackend(LocalBackend):
         lost = 0
 
-        def move(self, source: str, name: str, destination: str) -> None:
+        def move(
+            self, source: str, name: str, destination: str, new_name: str | None = None
+        ) -> None:
             try:
-                super().move(source, name, destination)
+                super().move(source, name, destination, new_name)
             except (NotFound, AlreadyExists):
                 if source == "new" and destination == "cur":
                     self.lost += 1

@@ -295,9 +295,11 @@ def _counting_class() -> type:
 
         lost = 0
 
-        def move(self, source: str, name: str, destination: str) -> None:
+        def move(
+            self, source: str, name: str, destination: str, new_name: str | None = None
+        ) -> None:
             try:
-                super().move(source, name, destination)
+                super().move(source, name, destination, new_name)
             except (NotFound, AlreadyExists):
                 if (source, destination) == ("new", "cur"):
                     self.lost += 1
