@@ -297,15 +297,8 @@ def concurrency_targets(results: dict[str, Any]) -> list[Check]:
             }
         )
     if rows:
-        every = all(row["exactly_once"] for row in rows)
-        checks.append(
-            {
-                "target": "every message claimed exactly once in every concurrent run",
-                "figure": "yes" if every else "NO",
-                "met": every,
-                "required": True,
-            }
-        )
+        target = "every message claimed exactly once in every concurrent run"
+        checks.append(_exactly_once(target, rows, problems=None))
     return checks
 
 
@@ -339,17 +332,9 @@ def s3_targets(results: dict[str, Any]) -> list[Check]:
         )
     throughput = section.get("throughput", [])
     if throughput:
-        every = all(row["exactly_once"] for row in throughput)
-        checks.append(
-            {
-                "target": "every S3 message claimed exactly once in every concurrent run",
-                "figure": "yes"
-                if every
-                else "NO: " + "; ".join(p for row in throughput for p in row["problems"]),
-                "met": every,
-                "required": True,
-            }
-        )
+        target = "every S3 message claimed exactly once in every concurrent run"
+        problems = [problem for row in throughput for problem in row["problems"]]
+        checks.append(_exactly_once(target, throughput, problems))
     status = section.get("servers", {}).get("LocalStack", "")
     if status.startswith("FAILED"):
         checks.append(_not_started("LocalStack", status))
@@ -429,15 +414,8 @@ def s3_latency_targets(results: dict[str, Any]) -> list[Check]:
         )
     claimers = section.get("claimers", [])
     if claimers:
-        every = all(row["exactly_once"] for row in claimers)
-        checks.append(
-            {
-                "target": "every message claimed exactly once by S3 claimer processes",
-                "figure": "yes" if every else "NO: " + "; ".join(claimers[0]["problems"]),
-                "met": every,
-                "required": True,
-            }
-        )
+        target = "every message claimed exactly once by S3 claimer processes"
+        checks.append(_exactly_once(target, claimers, claimers[0]["problems"]))
     if section.get("server", "").startswith("FAILED"):
         checks.append(_not_started("LocalStack", section["server"]))
     return checks
@@ -457,18 +435,19 @@ def azure_targets(results: dict[str, Any]) -> list[Check]:
         if row["claimers"] != 1
     ]
     if rows:
-        every = all(row["exactly_once"] for row in rows)
-        checks.append(
-            {
-                "target": "every Azure message claimed exactly once in every concurrent run",
-                "figure": "yes" if every else "NO: " + "; ".join(rows[0]["problems"]),
-                "met": every,
-                "required": True,
-            }
-        )
+        target = "every Azure message claimed exactly once in every concurrent run"
+        checks.append(_exactly_once(target, rows, rows[0]["problems"]))
     if section.get("server", "").startswith("FAILED"):
         checks.append(_not_started("Azurite", section["server"]))
     return checks
+
+
+def _exactly_once(target: str, rows: list[dict[str, Any]], problems: list[str] | None) -> Check:
+    """A required check: every run's messages claimed exactly once (`problems`, if the
+    section reports them, say what went wrong)."""
+    every = all(row["exactly_once"] for row in rows)
+    figure = "yes" if every else "NO" if problems is None else "NO: " + "; ".join(problems)
+    return {"target": target, "figure": figure, "met": every, "required": True}
 
 
 def _not_started(server: str, status: str) -> Check:
